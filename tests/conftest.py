@@ -1,0 +1,40 @@
+"""Shared test fixtures and skip rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TESTDATA = REPO.parent / "shared" / "testdata"
+
+
+def _has_cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+def _has_tensorrt_builder() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except Exception:
+        return False
+    return hasattr(tensorrt, "Builder")
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA device")
+    skip_trt = pytest.mark.skip(reason="needs TensorRT (full builder) and a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords and not _has_cuda():
+            item.add_marker(skip_cuda)
+        if "trt" in item.keywords and not (_has_cuda() and _has_tensorrt_builder()):
+            item.add_marker(skip_trt)
+
+
+@pytest.fixture(scope="session")
+def testdata() -> Path:
+    if not TESTDATA.is_dir():
+        pytest.skip(f"shared test data not found at {TESTDATA}")
+    return TESTDATA
