@@ -66,8 +66,19 @@ def swish(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(x)
 
 
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm whose statistics are always computed in float32 (a no-op for fp32 models).
+
+    In fp16/bf16 the mean and variance over 32 groups lose accuracy (DESIGN.md); the result
+    is cast back to the input's dtype. Parameters and state-dict keys are GroupNorm's.
+    """
+
+    def forward(self, x):
+        return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
+
+
 def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+    return GroupNorm32(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
 
 
 class Upsample(nn.Module):
@@ -116,7 +127,7 @@ class ResnetBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """Single-head self-attention over all H*W positions: softmax(q^T k / sqrt(C)) v."""
+    """Single-head self-attention over all H*W positions: softmax(q^T k / sqrt(C)) v (softmax in fp32)."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -132,7 +143,8 @@ class AttnBlock(nn.Module):
         q = self.q(hn).reshape(b, c, h * w).permute(0, 2, 1)  # (B, HW, C)
         k = self.k(hn).reshape(b, c, h * w)  # (B, C, HW)
         v = self.v(hn).reshape(b, c, h * w)  # (B, C, HW)
-        weights = torch.softmax(torch.bmm(q, k) * (c**-0.5), dim=2)  # (B, HW_q, HW_k)
+        logits = torch.bmm(q, k) * (c**-0.5)  # (B, HW_q, HW_k)
+        weights = torch.softmax(logits.float(), dim=2).to(v.dtype)  # softmax in fp32 for fp16/bf16 models
         out = torch.bmm(v, weights.permute(0, 2, 1)).reshape(b, c, h, w)
         return x + self.proj_out(out)
 
