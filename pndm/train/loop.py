@@ -1,0 +1,190 @@
+"""The DDPM training loop: eps-prediction loss, EMA weights, exact resume, data parallel.
+
+Objective (Ho et al. 2020, Eq. 14, "L_simple"):
+    t ~ U{0, ..., T-1},  eps ~ N(0, I),  x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps,
+    loss = || eps - eps_theta(x_t, t) ||^2   (or |.| with ``loss="l1"``).
+EMA (DDIM/PNDM repos): ema <- d * ema + (1 - d) * theta after every step, with the warm-up
+d_k = min(d, (1 + k) / (10 + k)) so that short runs still average sensibly.
+
+State saved every ``checkpoint_every`` steps and at the end, atomically, in ``out``:
+``model.safetensors`` (raw weights) and ``ema.safetensors`` (EMA weights), both pndm checkpoints
+that ``pndm.models.load`` reads, and ``train_state.safetensors`` (optimizer moments, step,
+RNG states) for ``--resume``, which continues bit for bit as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from pndm.errors import PndmError
+from pndm.models import build_model, load_checkpoint, save_checkpoint
+from pndm.schedules import make_schedule
+from pndm.train.data import fit_resolution, load_images, to_model_range
+from pndm.train.presets import resolve_arch
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    arch: str
+    out: str
+    steps: int = 10000
+    batch: int = 64
+    lr: float = 2e-4
+    warmup: int = 200
+    ema: float = 0.9999
+    loss: str = "l2"
+    schedule: str = "linear"
+    T: int = 1000
+    grad_clip: float = 1.0
+    seed: int = 0
+    sample_every: int = 0
+    checkpoint_every: int = 500
+    bf16: bool = False
+    resize: bool = False
+
+
+def _rank_and_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+class Trainer:
+    """One training run: data, model, EMA, optimizer and the RNG that drives batches and noise."""
+
+    def __init__(self, config: TrainConfig, device: str = "cpu"):
+        self.config = config
+        self.device = torch.device(device)
+        self.rank, self.world = _rank_and_world()
+        self.out = Path(config.out)
+        self.model_config = resolve_arch(config.arch)
+        self.schedule = make_schedule(config.schedule, config.T)
+        self.alphas_cumprod = self.schedule.alphas_cumprod.to(self.device, torch.float32)
+
+        channels, resolution = self.model_config["in_channels"], self.model_config["resolution"]
+        images = fit_resolution(load_images(config.data), resolution, channels, resize=config.resize)
+        if len(images) == 0:
+            raise PndmError(f"--data {config.data}: no images found")
+        self.images = images  # uint8, scaled per batch to keep memory small
+
+        torch.manual_seed(config.seed)  # identical initial weights on every rank
+        self.model = build_model("ddpm", self.model_config).to(self.device)
+        self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.ddp = (
+            torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
+        )
+        # Batches and noise come from one generator per rank, saved with the state.
+        self.generator = torch.Generator().manual_seed(config.seed * 1000 + self.rank)
+        self.step = 0
+
+    # ---- one step -------------------------------------------------------------------------
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        g = self.generator
+        index = torch.randint(len(self.images), (self.config.batch,), generator=g)
+        x0 = to_model_range(self.images[index])
+        t = torch.randint(self.config.T, (self.config.batch,), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        return x0.to(self.device), t.to(self.device), noise.to(self.device)
+
+    def train_step(self) -> float:
+        x0, t, noise = self._batch()
+        ab = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        self.model.train()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+            eps = self.ddp(x_t, t.float())
+        error = eps.float() - noise
+        loss = error.abs().mean() if self.config.loss == "l1" else error.square().mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr * min(1.0, (self.step + 1) / max(1, self.config.warmup))
+        self.optimizer.step()
+        self._update_ema()
+        self.step += 1
+        return loss.item()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = min(self.config.ema, (1 + self.step) / (10 + self.step))
+        for name, value in self.model.state_dict().items():
+            if value.dtype.is_floating_point:
+                self.ema[name].lerp_(value, 1 - decay)
+            else:
+                self.ema[name].copy_(value)
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def _checkpoint_config(self) -> dict:
+        return {
+            "architecture": "ddpm",
+            "model": {k: list(v) if isinstance(v, tuple) else v for k, v in self.model_config.items()},
+            "diffusion": {"schedule": self.config.schedule, "T": self.config.T},
+            "training": {**asdict(self.config), "step": self.step, "world_size": self.world},
+        }
+
+    def save(self) -> None:
+        if self.rank != 0:
+            return
+        config = self._checkpoint_config()
+        save_checkpoint(self.out / "model.safetensors", self.model.state_dict(), config)
+        save_checkpoint(self.out / "ema.safetensors", self.ema, config)
+        state = {"step": torch.tensor(self.step), "rng.torch": torch.get_rng_state(),
+                 "rng.batches": self.generator.get_state()}
+        for i, param_state in self.optimizer.state_dict()["state"].items():
+            for key, value in param_state.items():
+                state[f"optim.{i}.{key}"] = torch.as_tensor(value)
+        save_checkpoint(self.out / "train_state.safetensors", state, config)
+
+    def resume(self) -> None:
+        """Restore model, EMA, optimizer, step and RNG states from ``out``."""
+        state_path = self.out / "train_state.safetensors"
+        if not state_path.is_file():
+            raise PndmError(f"--resume: no {state_path}; start without --resume or point --out at a run")
+        model_state, _ = load_checkpoint(self.out / "model.safetensors")
+        self.model.load_state_dict(model_state)
+        self.ema, _ = load_checkpoint(self.out / "ema.safetensors")
+        self.ema = {k: v.to(self.device) for k, v in self.ema.items()}
+        state, _ = load_checkpoint(state_path)
+        self.step = int(state["step"])
+        torch.set_rng_state(state["rng.torch"])
+        self.generator.set_state(state["rng.batches"])
+        optim_state = self.optimizer.state_dict()
+        for key, value in state.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                optim_state["state"].setdefault(int(index), {})[name] = value.to(self.device)
+        self.optimizer.load_state_dict(optim_state)
+
+    # ---- the run --------------------------------------------------------------------------
+    def run(self, on_sample=None) -> None:
+        cfg = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            (self.out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=self.rank != 0, dynamic_ncols=True)
+        while self.step < cfg.steps:
+            loss = self.train_step()
+            if not math.isfinite(loss):
+                raise PndmError(f"loss became {loss} at step {self.step}; lower --lr or check the data")
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self.save()
+            if on_sample and cfg.sample_every and self.step % cfg.sample_every == 0 and self.rank == 0:
+                on_sample(self)
+        bar.close()
+
+
+def init_distributed() -> None:
+    """Join the torchrun process group when launched with WORLD_SIZE > 1 (gloo on CPU, nccl on GPU)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
