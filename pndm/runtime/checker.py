@@ -1,0 +1,320 @@
+"""The accuracy checker: does a candidate engine compute what the PyTorch fp32 reference computes?
+
+Two measurements over the same seeds (docs/RUNTIME.md):
+
+1. Lockstep. The reference solves the trajectory; at every model evaluation (NFE index k,
+   timestep t) the candidate is fed the reference's exact (x_t, t) and its eps is compared
+   (relative L2, max abs). This isolates the engine's per-call error from error accumulation.
+2. Free-running. The candidate solves the whole trajectory from the same x_T on its own; the
+   final 8-bit images are compared with the reference's (max / mean grey-level difference,
+   share of pixels within 1 level, PSNR).
+
+Thresholds depend on the candidate's precision (:data:`THRESHOLDS`). A NaN or Inf from the
+candidate fails the check and names the first NFE index and t where it appeared.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from pndm.errors import EngineError
+from pndm.images import to_uint8
+from pndm.runtime.engines.base import Engine
+from pndm.runtime.metrics import eps_errors, has_nonfinite, image_agreement
+from pndm.runtime.sampling import nfe_of, sample_seeds
+from pndm.runtime.seeds import batches, image_noise
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Pass limits: worst lockstep eps relative L2; final images' max/mean grey difference and PSNR."""
+
+    lockstep_rel_l2: float
+    max_grey_diff: int
+    mean_grey_diff: float
+    min_psnr_db: float
+
+
+# fp32: the engine must reproduce the reference to rounding (images within 1 grey level).
+# fp16 / bf16: set from measurements on the default model and the CIFAR-10 architecture,
+# with margin (the numbers are in docs/RUNTIME.md).
+THRESHOLDS = {
+    "fp32": Thresholds(lockstep_rel_l2=1e-4, max_grey_diff=1, mean_grey_diff=0.05, min_psnr_db=50.0),
+    "fp16": Thresholds(lockstep_rel_l2=2e-2, max_grey_diff=255, mean_grey_diff=1.5, min_psnr_db=35.0),
+    "bf16": Thresholds(lockstep_rel_l2=2e-2, max_grey_diff=255, mean_grey_diff=1.5, min_psnr_db=35.0),
+}
+
+
+@dataclass
+class NonFinite:
+    """Where a candidate first produced NaN/Inf."""
+
+    phase: str  # "lockstep" | "free-running"
+    nfe_index: int
+    t: float
+
+    def message(self) -> str:
+        return f"candidate produced NaN/Inf in {self.phase} at NFE {self.nfe_index} (t={self.t:g})"
+
+
+@dataclass
+class CheckReport:
+    """Everything the checker measured, and the verdict."""
+
+    candidate: dict
+    reference: dict
+    method: str
+    steps: int
+    nfe: int
+    seeds: list[int]
+    precision: str
+    thresholds: Thresholds
+    lockstep: list[dict] = field(default_factory=list)  # per NFE: index, t, rel_l2, max_abs
+    images: dict = field(default_factory=dict)
+    nonfinite: NonFinite | None = None
+    failures: list[str] = field(default_factory=list)
+    layerwise: dict | None = None
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def worst_rel_l2(self) -> float:
+        return max((row["rel_l2"] for row in self.lockstep), default=math.nan)
+
+    @property
+    def worst_max_abs(self) -> float:
+        return max((row["max_abs"] for row in self.lockstep), default=math.nan)
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "failures": self.failures,
+            "candidate": self.candidate,
+            "reference": self.reference,
+            "method": self.method,
+            "steps": self.steps,
+            "nfe": self.nfe,
+            "seeds": self.seeds,
+            "precision": self.precision,
+            "thresholds": asdict(self.thresholds),
+            "lockstep": {
+                "worst_rel_l2": self.worst_rel_l2,
+                "worst_max_abs": self.worst_max_abs,
+                "per_nfe": self.lockstep,
+            },
+            "images": self.images,
+            "nonfinite": asdict(self.nonfinite) if self.nonfinite else None,
+            "layerwise": self.layerwise,
+        }
+
+
+def _t_value(t) -> float:
+    return float(t.flatten()[0]) if torch.is_tensor(t) else float(t)
+
+
+class FiniteWatch:
+    """An eps wrapper that remembers the first call whose output holds NaN/Inf."""
+
+    def __init__(self, eps: Callable, phase: str):
+        self.eps, self.phase, self.calls, self.first = eps, phase, 0, None
+
+    def __call__(self, x, t):
+        out = self.eps(x, t)
+        if self.first is None and has_nonfinite(out):
+            self.first = NonFinite(self.phase, self.calls, _t_value(t))
+        self.calls += 1
+        return out
+
+
+def lockstep(
+    reference: Engine,
+    candidate: Engine,
+    seeds: list[int],
+    *,
+    method: str,
+    steps: int,
+    eta: float = 0.0,
+    on_call: Callable[[], None] | None = None,
+) -> tuple[torch.Tensor, list[dict], NonFinite | None]:
+    """Solve with the reference; at each NFE feed the same (x_t, t) to the candidate and compare eps.
+
+    Returns the reference's final images (N, C, H, W) on the CPU, one row per NFE, and the first
+    non-finite candidate output (if any).
+    """
+    from pndm.schedules import make_schedule
+    from pndm.solvers import sample
+
+    schedule = make_schedule(reference.schedule_name, reference.T)
+    x_T = image_noise(seeds, reference.image_shape, reference.device)
+    rows: list[dict] = []
+    nonfinite: list[NonFinite] = []
+
+    def compare(x, t, eps, index):
+        cand = candidate(x.to(candidate.device), torch.as_tensor(t).expand(x.shape[0]).to(candidate.device))
+        if not nonfinite and has_nonfinite(cand):
+            nonfinite.append(NonFinite("lockstep", index, _t_value(t)))
+        rel, max_abs = eps_errors(cand, eps)
+        rows.append({"index": index, "t": _t_value(t), "rel_l2": rel, "max_abs": max_abs})
+        if on_call is not None:
+            on_call()
+
+    x_0 = sample(reference, x_T, method, steps, schedule, eta=eta, callback=compare)
+    return x_0.float().cpu(), rows, (nonfinite[0] if nonfinite else None)
+
+
+def _merge_rows(per_batch: list[list[dict]]) -> list[dict]:
+    """Worst error per NFE index across batches."""
+    merged: dict[int, dict] = {}
+    for rows in per_batch:
+        for row in rows:
+            seen = merged.get(row["index"])
+            if seen is None:
+                merged[row["index"]] = dict(row)
+            else:
+                seen["rel_l2"] = max(seen["rel_l2"], row["rel_l2"])
+                seen["max_abs"] = max(seen["max_abs"], row["max_abs"])
+    return [merged[k] for k in sorted(merged)]
+
+
+def _verdict(report: CheckReport) -> None:
+    th = report.thresholds
+    if report.nonfinite is not None:
+        report.failures.append(report.nonfinite.message())
+        return
+    if not report.worst_rel_l2 <= th.lockstep_rel_l2:
+        worst = max(report.lockstep, key=lambda r: r["rel_l2"])
+        report.failures.append(
+            f"lockstep eps relative L2 {worst['rel_l2']:.3g} at NFE {worst['index']} (t={worst['t']:g}) "
+            f"exceeds {th.lockstep_rel_l2:g}"
+        )
+    img = report.images
+    if img["max_grey_diff"] > th.max_grey_diff:
+        report.failures.append(
+            f"final images differ by up to {img['max_grey_diff']} grey levels (limit {th.max_grey_diff})"
+        )
+    if not img["mean_grey_diff"] <= th.mean_grey_diff:
+        report.failures.append(
+            f"final images differ by {img['mean_grey_diff']:.3g} grey levels on average "
+            f"(limit {th.mean_grey_diff:g})"
+        )
+    if not img["psnr_db"] >= th.min_psnr_db:
+        report.failures.append(f"final-image PSNR {img['psnr_db']:.1f} dB is below {th.min_psnr_db:g} dB")
+
+
+def check_engine(
+    candidate: Engine,
+    reference: Engine,
+    seeds: list[int],
+    *,
+    method: str = "f-pndm",
+    steps: int = 20,
+    batch: int = 4,
+    progress: bool = True,
+) -> CheckReport:
+    """Run both measurements of the module docstring and decide pass/fail."""
+    if (candidate.image_shape, candidate.schedule_name, candidate.T) != (
+        reference.image_shape,
+        reference.schedule_name,
+        reference.T,
+    ):
+        raise EngineError(
+            f"the reference ({reference.image_shape}, {reference.schedule_name} T={reference.T}) is not the "
+            "same "
+            f"model as the candidate ({candidate.image_shape}, {candidate.schedule_name} T={candidate.T}): "
+            "give the matching --reference"
+        )
+    precision = candidate.precision if candidate.precision in THRESHOLDS else "fp16"
+    chunks = batches(seeds, batch)
+    for size in sorted({len(c) for c in chunks}):
+        candidate.check_batch(size)
+    nfe = nfe_of(method, steps)
+    report = CheckReport(
+        candidate=candidate.describe(),
+        reference=reference.describe(),
+        method=method,
+        steps=steps,
+        nfe=nfe,
+        seeds=list(seeds),
+        precision=precision,
+        thresholds=THRESHOLDS[precision],
+    )
+    bar = tqdm(
+        total=nfe * len(chunks),
+        desc="lockstep",
+        unit="nfe",
+        file=sys.stderr,
+        disable=not progress,
+        leave=False,
+    )
+    reference_images, per_batch = [], []
+    try:
+        for chunk in chunks:
+            x_0, rows, nonfinite = lockstep(
+                reference, candidate, chunk, method=method, steps=steps, on_call=lambda: bar.update(1)
+            )
+            reference_images.append(x_0)
+            per_batch.append(rows)
+            report.nonfinite = report.nonfinite or nonfinite
+    finally:
+        bar.close()
+    report.lockstep = _merge_rows(per_batch)
+    watch = FiniteWatch(candidate, "free-running")
+    run = sample_seeds(
+        candidate,
+        seeds,
+        method=method,
+        steps=steps,
+        batch=batch,
+        eps=watch,
+        progress=progress,
+        desc="free-running",
+    )
+    report.nonfinite = report.nonfinite or watch.first
+    report.images = image_agreement(to_uint8(run.images), to_uint8(torch.cat(reference_images)))
+    _verdict(report)
+    return report
+
+
+def _summary_rows(report: CheckReport) -> list[tuple[str, str, str]]:
+    """(measure, value, limit) rows of the verdict table."""
+    th, img = report.thresholds, report.images
+    return [
+        ("lockstep worst rel L2", f"{report.worst_rel_l2:.3e}", f"<= {th.lockstep_rel_l2:g}"),
+        ("lockstep worst max abs", f"{report.worst_max_abs:.3e}", ""),
+        ("final max grey-level diff", f"{img.get('max_grey_diff', math.nan)}", f"<= {th.max_grey_diff}"),
+        (
+            "final mean grey-level diff",
+            f"{img.get('mean_grey_diff', math.nan):.4f}",
+            f"<= {th.mean_grey_diff:g}",
+        ),
+        ("final pixels within 1 level", f"{100 * img.get('within_1_share', math.nan):.2f}%", ""),
+        ("final PSNR (dB)", f"{img.get('psnr_db', math.nan):.2f}", f">= {th.min_psnr_db:g}"),
+    ]
+
+
+def format_report(report: CheckReport) -> str:
+    """The human-readable table printed by ``pndm-run check``."""
+    c = report.candidate
+    lines = [
+        f"candidate: {c['path']} ({c['backend']}, {c['precision']}, {c['device']})",
+        f"reference: {report.reference['path']} ({report.reference['backend']}, fp32)",
+        f"method {report.method}, {report.steps} steps, NFE {report.nfe}, {len(report.seeds)} images",
+        "",
+        "lockstep (same x_t, t fed to both):",
+        f"  {'NFE':>4} {'t':>9} {'rel L2':>10} {'max abs':>10}",
+    ]
+    for row in report.lockstep:
+        lines.append(f"  {row['index']:>4} {row['t']:>9.2f} {row['rel_l2']:>10.3e} {row['max_abs']:>10.3e}")
+    lines += ["", f"{'measure':<30} {'value':>12} {'limit':>12}"]
+    lines += [f"{name:<30} {value:>12} {limit:>12}" for name, value, limit in _summary_rows(report)]
+    lines += ["", f"{'PASS' if report.passed else 'FAIL'} ({report.precision} thresholds)"]
+    lines += [f"  - {f}" for f in report.failures]
+    return "\n".join(lines)

@@ -1,0 +1,274 @@
+"""``pndm-run sample`` and ``pndm-run check`` (assembled into ``pndm-run`` by :mod:`pndm.cli`)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import math
+from pathlib import Path
+
+import click
+import torch
+
+from pndm.cli import debug_option
+from pndm.errors import PndmError
+
+ENGINE_HELP = (
+    "Engine to run: an .onnx / .plan / .pt2 file with manifest.json beside it, an engine folder "
+    "(its unet.onnx), or a checkpoint / diffusers folder / model name (PyTorch fp32)."
+)
+DEVICE_HELP = "cpu, cuda, cuda:N, or auto (CUDA when available, else CPU; .pt2: the device it was built for)."
+
+
+class MethodChoice(click.Choice):
+    """``--method``: the solver names, listed in ``--help``; a wrong name is a one-line error (exit 2)."""
+
+    def __init__(self):
+        from pndm.solvers import METHODS
+
+        super().__init__(sorted(METHODS), case_sensitive=False)
+
+    def convert(self, value, param, ctx):
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            raise PndmError(f"unknown method {value!r}: choose one of {', '.join(self.choices)}") from None
+
+
+def _json_safe(value):
+    """Replace inf/nan (not JSON) with strings, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+@contextlib.contextmanager
+def _output_folder(out: str):
+    """Prepare ``out`` before any work; if the run fails, remove it again if we created it and it is empty."""
+    from pndm.runtime.outputs import prepare_out_dir
+
+    path = Path(out)
+    existed = path.exists()
+    folder = prepare_out_dir(path)
+    try:
+        yield folder
+    except BaseException:
+        if not existed and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+
+
+def _device_for_rank(device: str, local_rank: int, world_size: int) -> str:
+    if device == "auto" and world_size > 1 and torch.cuda.is_available():
+        return f"cuda:{local_rank}"
+    return device
+
+
+@click.command()
+@click.option("--engine", "engine_path", required=True, help=ENGINE_HELP)
+@click.option("--method", type=MethodChoice(), default="f-pndm", show_default=True, help="Solver.")
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Solver steps N (NFE depends on the method: F-PNDM uses N+9).",
+)
+@click.option("--num", type=click.IntRange(min=1), default=16, show_default=True, help="Number of images.")
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Images per engine call; must lie in the engine's batch profile.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Image i uses noise from seed SEED+i (same image on every backend and batch size).",
+)
+@click.option(
+    "--eta",
+    type=click.FloatRange(min=0.0),
+    default=0.0,
+    show_default=True,
+    help="DDIM stochasticity (0 = deterministic).",
+)
+@click.option("--out", default="samples", show_default=True, help="Output folder.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["png", "npz"]),
+    default="png",
+    show_default=True,
+    help="png: one seedNNNNNN.png per image; npz: samples.npz (uint8 images + seeds). Both write "
+    "grid.png and run.json.",
+)
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option(
+    "--cuda-graph/--no-cuda-graph",
+    default=True,
+    show_default=True,
+    help="TensorRT: capture each batch size into a CUDA graph after one warm-up.",
+)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+@debug_option
+def sample(engine_path, method, steps, num, batch, seed, eta, out, fmt, device, cuda_graph, progress):
+    """Sample images from an engine with a PNDM-family solver.
+
+    Works under ``torchrun --nproc_per_node=K``: the seeds are split across ranks and rank 0
+    writes grid.png and run.json.
+    """
+    from pndm.images import to_uint8
+    from pndm.runtime.distributed import gather_to_main, process_group
+    from pndm.runtime.loader import load_engine
+    from pndm.runtime.outputs import versions, write_grid, write_json, write_npz, write_pngs
+    from pndm.runtime.sampling import sample_seeds
+    from pndm.runtime.seeds import dist_env, seed_list, shard_seeds
+
+    env = dist_env()
+    all_seeds = seed_list(seed, num)
+    my_seeds = shard_seeds(all_seeds, env.rank, env.world_size)
+    with _output_folder(out) as folder, process_group(env):
+        engine = load_engine(
+            engine_path, _device_for_rank(device, env.local_rank, env.world_size), cuda_graph=cuda_graph
+        )
+        engine.check_batch(min(batch, num))
+        run = (
+            sample_seeds(
+                engine,
+                my_seeds,
+                method=method,
+                steps=steps,
+                batch=batch,
+                eta=eta,
+                progress=progress and env.is_main,
+            )
+            if my_seeds
+            else None
+        )
+        channels, height, width = engine.image_shape
+        pixels = to_uint8(run.images) if run else torch.zeros(0, height, width, channels, dtype=torch.uint8)
+        if fmt == "png":
+            write_pngs(pixels, my_seeds, folder)
+        gathered = gather_to_main(env, (my_seeds, pixels, run.stats() if run else None))
+        if not env.is_main:
+            return
+        seeds = [s for part in gathered for s in part[0]]
+        order = sorted(range(len(seeds)), key=seeds.__getitem__)
+        all_pixels = torch.cat([part[1] for part in gathered])[order]
+        seeds = [seeds[i] for i in order]
+        if fmt == "npz":
+            write_npz(all_pixels, seeds, folder)
+        write_grid(all_pixels, folder)
+        rank_stats = [part[2] for part in gathered if part[2]]
+        wall = max(s["wall_seconds"] for s in rank_stats)
+        summary = {
+            **rank_stats[0],
+            "num_images": len(seeds),
+            "seeds": {"first": seeds[0], "count": len(seeds)},
+            "eta": eta,
+            "wall_seconds": wall,
+            "images_per_second": len(seeds) / wall if wall > 0 else None,
+            "world_size": env.world_size,
+            "ranks": rank_stats,
+            "format": fmt,
+            "engine": engine.describe(),
+            "versions": versions(),
+            "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        write_json(_json_safe(summary), folder / "run.json")
+    click.echo(
+        f"wrote {len(seeds)} images to {folder} ({method}, {steps} steps, NFE {summary['nfe']}, "
+        f"{summary['latency_per_nfe_ms']:.1f} ms per NFE, {summary['images_per_second']:.2f} images/s)",
+        err=True,
+    )
+
+
+@click.command()
+@click.option("--engine", "engine_path", required=True, help=ENGINE_HELP)
+@click.option(
+    "--reference",
+    default=None,
+    help="fp32 reference: a checkpoint, model name or fp32 .onnx. Default: found through the "
+    "engine's manifest (source hash or the reference weights beside it).",
+)
+@click.option("--method", type=MethodChoice(), default="f-pndm", show_default=True, help="Solver.")
+@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Solver steps N.")
+@click.option(
+    "--num", type=click.IntRange(min=1), default=4, show_default=True, help="Number of images compared."
+)
+@click.option(
+    "--batch", type=click.IntRange(min=1), default=4, show_default=True, help="Images per engine call."
+)
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Image i uses seed SEED+i."
+)
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option(
+    "--layerwise",
+    is_flag=True,
+    default=False,
+    help="Also compare every intermediate tensor of the fp16 ONNX against the fp32 ONNX (Polygraphy) "
+    "and name the first layer that diverges.",
+)
+@click.option(
+    "--layerwise-tol",
+    type=click.FloatRange(min=0.0),
+    default=0.05,
+    show_default=True,
+    help="Relative L2 error at which a layer counts as diverged (--layerwise).",
+)
+@click.option(
+    "--json", "json_path", default=None, help="Also write the report as JSON to this file (default: none)."
+)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
+@debug_option
+def check(
+    engine_path,
+    reference,
+    method,
+    steps,
+    num,
+    batch,
+    seed,
+    device,
+    layerwise,
+    layerwise_tol,
+    json_path,
+    progress,
+):
+    """Check that an engine's eps and samples match the PyTorch fp32 reference. Exit code 0 pass, 1 fail."""
+    from pndm.runtime.checker import check_engine, format_report
+    from pndm.runtime.loader import load_engine
+    from pndm.runtime.outputs import write_json
+    from pndm.runtime.reference import find_reference
+    from pndm.runtime.seeds import seed_list
+
+    seeds = seed_list(seed, num)
+    if json_path:
+        from pndm.runtime.outputs import prepare_out_dir
+
+        prepare_out_dir(Path(json_path).parent)
+    candidate = load_engine(engine_path, device)
+    candidate.check_batch(min(batch, num))
+    ref = find_reference(candidate, reference, candidate.device)
+    report = check_engine(candidate, ref, seeds, method=method, steps=steps, batch=batch, progress=progress)
+    if layerwise:
+        from pndm.runtime.layerwise import compare_layers_for_check
+
+        report.layerwise = compare_layers_for_check(candidate, reference, report, tolerance=layerwise_tol)
+    click.echo(format_report(report))
+    if report.layerwise:
+        from pndm.runtime.layerwise import format_layerwise
+
+        click.echo(format_layerwise(report.layerwise))
+    if json_path:
+        write_json(_json_safe(report.to_dict()), Path(json_path))
+    click.get_current_context().exit(0 if report.passed else 1)

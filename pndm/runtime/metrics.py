@@ -1,0 +1,39 @@
+"""Comparison math for the checker: eps errors and image agreement.
+
+- relative L2 error: ||eps_c - eps_r||_2 / ||eps_r||_2 over the whole batch;
+- max abs error: max |eps_c - eps_r|;
+- on 8-bit images: max and mean grey-level difference, the share of pixels within 1 level,
+  and PSNR = 10 log10(255^2 / MSE) in dB (infinite for identical images).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def eps_errors(candidate: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
+    """(relative L2, max abs) of ``candidate`` against ``reference`` (computed in float64)."""
+    c, r = candidate.double().cpu(), reference.double().cpu()
+    diff = c - r
+    norm = r.norm().item()
+    rel = diff.norm().item() / norm if norm > 0 else (0.0 if diff.norm().item() == 0 else math.inf)
+    return rel, diff.abs().max().item()
+
+
+def image_agreement(candidate: torch.Tensor, reference: torch.Tensor) -> dict:
+    """Agreement of two uint8 image batches of equal shape (grey levels 0..255)."""
+    diff = (candidate.to(torch.int16) - reference.to(torch.int16)).abs()
+    mse = diff.double().pow(2).mean().item()
+    return {
+        "max_grey_diff": int(diff.max().item()),
+        "mean_grey_diff": diff.double().mean().item(),
+        "within_1_share": (diff <= 1).double().mean().item(),
+        "psnr_db": math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse),
+    }
+
+
+def has_nonfinite(eps: torch.Tensor) -> bool:
+    """True if ``eps`` holds a NaN or an Inf."""
+    return not bool(torch.isfinite(eps).all())
