@@ -2,5 +2,19 @@
 
 from pndm.models.architectures import build_model
 from pndm.models.checkpoint import load_checkpoint, save_checkpoint
+from pndm.models.loading import UntrainedModelWarning, load, load_architecture
+from pndm.models.registry import find_weights, list_models, weights_dir
+from pndm.models.spec import ModelSpec
 
-__all__ = ["build_model", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "ModelSpec",
+    "UntrainedModelWarning",
+    "build_model",
+    "find_weights",
+    "list_models",
+    "load",
+    "load_architecture",
+    "load_checkpoint",
+    "save_checkpoint",
+    "weights_dir",
+]

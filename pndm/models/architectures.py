@@ -1,42 +1,27 @@
-"""Architecture names -> (config parser, module class); ``build_model`` builds one from a dict."""
+"""Architecture names -> module classes; ``build_model`` builds one from a config dict."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from pndm.errors import PndmError
-from pndm.models.configs import ddpm_config
+from pndm.models.configs import model_config
 from pndm.models.ddpm_unet import DDPMUNet
+from pndm.models.iddpm_unet import IDDPMUNet
+
+MODULES: dict[str, type[nn.Module]] = {"ddpm": DDPMUNet, "iddpm": IDDPMUNet}
 
 
-@dataclass(frozen=True)
-class Architecture:
-    name: str
-    parse_config: Callable[[Any, str], Any]  # (dict | dataclass, what) -> config dataclass
-    module: type[nn.Module]
+def build_model(architecture: str, model_config_dict: dict[str, Any] | Any) -> nn.Module:
+    """A freshly initialised module of ``architecture`` ("ddpm" | "iddpm") from its ``model`` config.
 
-
-ARCHITECTURES: dict[str, Architecture] = {
-    "ddpm": Architecture("ddpm", ddpm_config, DDPMUNet),
-}
-
-
-def get_architecture(name: str) -> Architecture:
-    if name not in ARCHITECTURES:
-        valid = ", ".join(sorted(ARCHITECTURES))
-        raise PndmError(f"unknown architecture {name!r}; valid architectures: {valid}")
-    return ARCHITECTURES[name]
-
-
-def build_model(architecture: str, model_config: dict[str, Any]) -> nn.Module:
-    """A freshly initialised module of ``architecture`` ("ddpm" | "iddpm") from a plain config dict.
-
-    Unknown keys (the original YAML's ``type``, ``var_type``, ``ema_rate``...) are ignored and
-    lists become tuples. The module is returned in training mode, as ``nn.Module`` constructors do.
+    ``model_config_dict`` is a plain dict (unknown keys such as the original YAML's ``type``,
+    ``var_type``, ``ema_rate`` are ignored; lists become tuples) or the config dataclass.
+    The module is returned in training mode, as ``nn.Module`` constructors do.
     """
-    arch = get_architecture(architecture)
-    return arch.module(arch.parse_config(model_config, f"{architecture} config"))
+    if architecture not in MODULES:
+        valid = ", ".join(sorted(MODULES))
+        raise PndmError(f"unknown architecture {architecture!r}; valid architectures: {valid}")
+    return MODULES[architecture](model_config(architecture, model_config_dict, f"{architecture} config"))
