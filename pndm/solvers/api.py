@@ -1,0 +1,94 @@
+"""The public entry points: :func:`sample` and :func:`solve`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pndm.errors import PndmError
+from pndm.schedules import Schedule
+from pndm.solvers.evaluator import Callback, EpsEvaluator, EpsFn
+from pndm.solvers.grid import time_grid
+from pndm.solvers.registry import METHODS, MethodInfo
+
+
+@dataclass(frozen=True)
+class Solution:
+    """A finished run: the sample and how many model evaluations it took."""
+
+    x0: torch.Tensor
+    nfe: int
+    method: str
+    steps: int
+
+
+def _check_inputs(method: str, x_T, steps, schedule, eta: float, tol: float) -> MethodInfo:
+    info = METHODS.get(method)
+    if info is None:
+        raise PndmError(f"unknown sampling method {method!r}: choose one of {', '.join(METHODS)}")
+    if not isinstance(schedule, Schedule):
+        raise PndmError(f"schedule must be a pndm.schedules.Schedule (got {type(schedule).__name__}): "
+                        "build one with make_schedule(name, T)")
+    if not isinstance(steps, int) or isinstance(steps, bool) or not info.min_steps <= steps <= schedule.T:
+        raise PndmError(f"{method} needs an integer number of steps in [{info.min_steps}, T={schedule.T}] "
+                        f"(got {steps!r})")
+    if not isinstance(x_T, torch.Tensor) or x_T.dim() != 4 or not x_T.is_floating_point():
+        what = type(x_T).__name__
+        if isinstance(x_T, torch.Tensor):
+            what = f"{x_T.dtype} tensor of shape {tuple(x_T.shape)}"
+        raise PndmError(f"x_T must be a floating-point (B, C, H, W) tensor (got {what})")
+    if eta != 0 and not info.accepts_eta:
+        raise PndmError(f"eta={eta} applies only to ddim; {method} is deterministic: drop eta or use ddim")
+    if not eta >= 0:
+        raise PndmError(f"eta must be >= 0 (got {eta}); 0 is deterministic DDIM, 1 is DDPM's variance")
+    if not tol > 0:
+        raise PndmError(f"tol must be > 0 (got {tol}); it is pf's relative and absolute tolerance")
+    return info
+
+
+def solve(
+    eps: EpsFn,
+    x_T: torch.Tensor,
+    method: str,
+    steps: int,
+    schedule: Schedule,
+    *,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    tol: float = 1e-5,
+) -> Solution:
+    """Run ``method`` from x_T (the sample at the top of :func:`time_grid`) to x_0 and report the NFE.
+
+    ``eps(x, t)`` is called with t a (B,) tensor of x's dtype holding timestep indices (fractional
+    for midpoints); ``callback(x, t, eps, index)`` sees every evaluation. ``eta`` and ``generator``
+    apply to ddim, ``tol`` (rtol = atol) to pf.
+    """
+    info = _check_inputs(method, x_T, steps, schedule, eta, tol)
+    grid = time_grid(steps, schedule.T).tolist()
+    ev = EpsEvaluator(eps, callback)
+    options = {}
+    if info.accepts_eta:
+        options = {"eta": eta, "generator": generator}
+    elif info.adaptive:
+        options = {"tol": tol}
+    x0 = info.run(ev, x_T, grid, schedule, **options)
+    return Solution(x0=x0, nfe=ev.count, method=method, steps=steps)
+
+
+def sample(
+    eps: EpsFn,
+    x_T: torch.Tensor,
+    method: str,
+    steps: int,
+    schedule: Schedule,
+    *,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    tol: float = 1e-5,
+) -> torch.Tensor:
+    """x_0 from x_T with ``method`` over ``steps`` grid steps (:func:`solve` also returns the NFE)."""
+    run = solve(eps, x_T, method, steps, schedule, eta=eta, generator=generator, callback=callback, tol=tol)
+    return run.x0

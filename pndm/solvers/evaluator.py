@@ -1,0 +1,55 @@
+"""The single place where samplers call the eps model.
+
+Every sampler goes through :class:`EpsEvaluator`, which builds the ``(B,)`` timestep tensor,
+checks the output (shape, NaN/Inf), takes a private copy (an engine may return the same buffer
+on every call), counts evaluations, and reports each one to the caller's callback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from pndm.errors import PndmError
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Callback = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], None]
+
+
+class EpsEvaluator:
+    """Calls ``eps(x, t)`` with ``t`` as a ``(B,)`` tensor of x's dtype and device.
+
+    ``count`` is the number of evaluations made so far (the NFE). ``callback(x, t, eps, index)``
+    receives tensors the samplers never modify afterwards, so they are safe to keep.
+    """
+
+    def __init__(self, eps: EpsFn, callback: Callback | None = None):
+        if not callable(eps):
+            raise PndmError(f"eps must be a callable eps(x, t) -> Tensor (got {type(eps).__name__})")
+        self._eps = eps
+        self._callback = callback
+        self.count = 0
+
+    def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        index = self.count
+        t_batch = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+        out = self._eps(x, t_batch)
+        where = f"at evaluation {index} (t={float(t):g})"
+        if not isinstance(out, torch.Tensor):
+            raise PndmError(f"eps returned {type(out).__name__} {where}, expected a Tensor shaped like x")
+        if tuple(out.shape) != tuple(x.shape):
+            raise PndmError(
+                f"eps returned shape {tuple(out.shape)} {where}, expected x's shape {tuple(x.shape)}: "
+                "the model must predict noise with the input's shape"
+            )
+        out = out.to(device=x.device, dtype=x.dtype, copy=True)
+        if not bool(torch.isfinite(out).all()):
+            raise PndmError(
+                f"eps returned NaN or Inf {where}: the model or engine is numerically broken "
+                "(check precision, weights, and inputs)"
+            )
+        self.count += 1
+        if self._callback is not None:
+            self._callback(x, t_batch, out, index)
+        return out
