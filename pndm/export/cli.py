@@ -1,0 +1,134 @@
+"""``pndm-export build`` and ``pndm-export models`` (assembled into ``pndm-export`` by :mod:`pndm.cli`)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import click
+
+from pndm.cli import debug_option
+from pndm.errors import PndmError
+from pndm.export.batch import DEFAULT_BATCH
+from pndm.export.onnx_export import DEFAULT_OPSET
+from pndm.export.tensorrt import DEFAULT_OPTIMIZATION_LEVEL
+
+
+def _echo_err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def load_source(model: str | None, checkpoint: str | None, random_init: bool, trust_pickle: bool):
+    """(model, spec) for the --model / --checkpoint options (neither: the embedded default model)."""
+    from pndm.models import UntrainedModelWarning, load
+
+    if model is not None and checkpoint is not None:
+        raise PndmError("give either --model NAME or --checkpoint PATH, not both")
+    if checkpoint is not None:
+        if random_init:
+            raise PndmError("--random-init builds a named architecture: drop it, or use --model NAME")
+        if not Path(checkpoint).exists():
+            raise PndmError(f"--checkpoint {checkpoint}: no such file or folder")
+        source = checkpoint
+    else:
+        source = model or "default"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UntrainedModelWarning)
+        loaded = load(source, allow_pickle=trust_pickle, random_init=random_init)
+    for warning in caught:
+        _echo_err(f"warning: {warning.message}")
+    return loaded
+
+
+@click.command()
+@click.option("--model", "model_name", default=None,
+              help="Named model (see `pndm-export models`); its weights come from $PNDM_MODELS_DIR "
+                   "(default ~/.cache/pndm/models). Default: the embedded default model.")
+@click.option("--checkpoint", default=None,
+              help="Weights to export instead of a named model: .ckpt/.pt/.pth, .safetensors (+ .json "
+                   "config), or a diffusers UNet2DModel folder.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory (created if needed; only the files this run produces are replaced).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="fp32: unet.onnx only. fp16: also unet.fp16.onnx (mixed precision; TensorRT plans in "
+                   "fp16). bf16: also unet.bf16.pt2 (AOTInductor CPU engine).")
+@click.option("--batch", "batch_text", default=DEFAULT_BATCH, show_default=True,
+              help="Batch range MIN:OPT:MAX the engines accept (TensorRT optimizes for OPT).")
+@click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset (17-25 work).")
+@click.option("--trt", "trt_mode", type=click.Choice(["auto", "on", "off"]), default="auto",
+              show_default=True,
+              help="TensorRT plan: auto builds it when TensorRT and a CUDA device are present, on requires "
+                   "it, off skips it.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TensorRT timing cache file, read if present and written after the build (default: none).")
+@click.option("--lean", is_flag=True, default=False,
+              help="Build a version-compatible TensorRT plan for the lean runtime (default: off).")
+@click.option("--trt-optimization-level", type=click.IntRange(0, 5), default=DEFAULT_OPTIMIZATION_LEVEL,
+              show_default=True, help="TensorRT builder optimization level (higher: slower build).")
+@click.option("--random-init", is_flag=True, default=False,
+              help="Export the named architecture with random weights (testing; default: off). The weights "
+                   "are saved as reference.safetensors in --out.")
+@click.option("--trust-pickle", is_flag=True, default=False,
+              help="Allow torch checkpoints whose pickle carries code (files you trust only; default: off).")
+@click.option("--calibration-method", default="ddim", show_default=True,
+              help="Solver whose trajectories give the calibration / verification pairs.")
+@click.option("--calibration-steps", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Solver steps per calibration trajectory.")
+@click.option("--calibration-count", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Number of calibration trajectories (seeds).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration noise.")
+@debug_option
+def build(model_name, checkpoint, out, precision, batch_text, opset, trt_mode, timing_cache, lean,
+          trt_optimization_level, random_init, trust_pickle, calibration_method, calibration_steps,
+          calibration_count, seed):
+    """Export a model to ONNX (fp32, fp16), bf16 AOTInductor and TensorRT engines, verified against PyTorch.
+
+    Writes unet.onnx, unet.fp16.onnx / unet.bf16.pt2 / unet.plan as asked, calibration.safetensors
+    and manifest.json into --out, and prints each engine's error per range of t.
+    """
+    from pndm.export.batch import parse_batch
+    from pndm.export.build import ExportOptions, build_engines, check_options
+
+    options = ExportOptions(out=out, precision=precision, batch=parse_batch(batch_text), opset=opset,
+                            trt=trt_mode, timing_cache=timing_cache, lean=lean,
+                            trt_optimization_level=trt_optimization_level,
+                            calibration_method=calibration_method, calibration_steps=calibration_steps,
+                            calibration_count=calibration_count, seed=seed)
+    check_options(options)  # bad options fail before the model is loaded
+    model, spec = load_source(model_name, checkpoint, random_init, trust_pickle)
+    result = build_engines(model, spec, options, log=_echo_err)
+    click.echo(f"wrote {', '.join(result.files)} to {result.out}")
+    click.echo("verification against the PyTorch fp32 model (eps on calibration pairs):")
+    click.echo(result.table)
+    for note in result.notes:
+        click.echo(note)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, default=False,
+              help="Print JSON instead of a table (default: off).")
+@debug_option
+def models(as_json):
+    """List the named models, their architecture and size, and whether their weights are installed."""
+    from pndm.models.registry import list_models, named_model, weights_dir
+
+    rows = []
+    for name, architecture, shape, params, path in list_models():
+        if path is not None:
+            where = str(path)
+        elif name == "default":
+            where = "not shipped in this installation: exports use an untrained stand-in (random init)"
+        else:
+            where = f"missing: put {named_model(name).origin} in {weights_dir()}"
+        rows.append({"name": name, "architecture": architecture, "image_shape": list(shape), "params": params,
+                     "weights": str(path) if path is not None else None, "where": where})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"weights folder: {weights_dir()} (set $PNDM_MODELS_DIR to change it)")
+    click.echo(f"{'name':<15}{'arch':<7}{'image':<11}{'params':>9}  weights")
+    for row in rows:
+        shape = "x".join(str(s) for s in row["image_shape"])
+        params = f"{row['params'] / 1e6:.1f}M"
+        click.echo(f"{row['name']:<15}{row['architecture']:<7}{shape:<11}{params:>9}  {row['where']}")

@@ -1,0 +1,89 @@
+"""ONNX export with torch 2.13's dynamo exporter: inputs ``x``, ``t``, output ``eps``, dynamic batch.
+
+The exporter's defaults are changed in two places: the file is self-contained (no
+``.onnx.data`` beside it; graphs over protobuf's 2 GB limit are refused), and the opset it
+actually produced is checked, because torch silently falls back to opset 18 when it cannot
+convert to the one asked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from pndm.errors import PndmError
+from pndm.export.batch import BatchRange
+from pndm.fileio import atomic_path
+
+DEFAULT_OPSET = 20
+MIN_OPSET = 17  # the oldest opset the dynamo exporter converts to
+INPUT_NAMES = ("x", "t")
+OUTPUT_NAMES = ("eps",)
+PROTOBUF_LIMIT = 2 * 1024**3
+EXAMPLE_BATCH = 2  # not 0 or 1, which torch.export would specialize
+
+
+def example_inputs(image_shape: tuple[int, int, int], batch: int = EXAMPLE_BATCH) -> tuple[torch.Tensor, ...]:
+    """A float32 (x, t) pair to trace with; t is a tensor, so it is not baked in as a constant."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, *image_shape, generator=generator)
+    t = torch.linspace(10.0, 900.0, batch)
+    return x, t
+
+
+def batch_dynamic_shapes(batch: BatchRange) -> dict[str, dict[int, torch.export.Dim]]:
+    """Axis 0 of ``x`` and ``t`` is one symbolic batch dimension."""
+    dim = torch.export.Dim("batch", min=1, max=max(batch.max, EXAMPLE_BATCH))
+    return {"x": {0: dim}, "t": {0: dim}}
+
+
+def check_opset(opset: int) -> None:
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise PndmError(f"opset {opset} is not supported: choose --opset between {MIN_OPSET} and {newest}")
+
+
+def export_onnx(module: nn.Module, image_shape: tuple[int, int, int], batch: BatchRange,
+                opset: int) -> onnx.ModelProto:
+    """The ONNX graph of ``module`` (eps(x, t)) at ``opset``; raises if the exporter cannot produce it."""
+    check_opset(opset)
+    inputs = example_inputs(image_shape)
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module, inputs, input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=batch_dynamic_shapes(batch), opset_version=opset, dynamo=True,
+            external_data=False, verbose=False,
+        )
+    model = program.model_proto
+    produced = opset_of(model)
+    if produced != opset:
+        raise PndmError(
+            f"the ONNX exporter cannot produce opset {opset} for this model (it produced {produced}); "
+            f"choose --opset {produced} or another opset it converts to"
+        )
+    return model
+
+
+def save_onnx(model: onnx.ModelProto, path: Path) -> Path:
+    """Write ``model`` to ``path`` atomically as one self-contained file."""
+    size = model.ByteSize()
+    if size >= PROTOBUF_LIMIT:
+        raise PndmError(
+            f"the ONNX graph is {size / 1024**3:.1f} GB, over protobuf's 2 GB limit for one file; "
+            "models this large are not supported by pndm-export yet"
+        )
+    with atomic_path(path) as tmp:
+        onnx.save_model(model, str(tmp))
+    return Path(path)
+
+
+def opset_of(model: onnx.ModelProto) -> int | None:
+    """The default-domain opset a graph declares."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)

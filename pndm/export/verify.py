@@ -1,0 +1,81 @@
+"""Verification at export: an engine's eps against the PyTorch fp32 model on calibration pairs.
+
+Metrics (computed over the whole set and per range of t, since fp16 errors depend on t):
+relative L2 = ||eps_engine - eps_ref||_2 / ||eps_ref||_2 and max abs = max |eps_engine - eps_ref|.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from pndm.errors import PndmError
+
+FP32_REL_L2_LIMIT = 1e-5
+# Boundaries of the t ranges, as fractions of T: [0, 100), [100, 300), [300, 600), [600, 1000) for T=1000.
+T_RANGE_FRACTIONS = (0.0, 0.1, 0.3, 0.6, 1.0)
+EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def t_ranges(T: int) -> list[tuple[int, int]]:
+    edges = [round(f * T) for f in T_RANGE_FRACTIONS]
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def error_stats(candidate: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """relative L2 and max abs of ``candidate - reference`` (both computed in float64)."""
+    diff = candidate.double() - reference.double()
+    return {"rel_l2": float(diff.norm() / reference.double().norm().clamp_min(1e-30)),
+            "max_abs": float(diff.abs().max())}
+
+
+def compare(candidate: torch.Tensor, reference: torch.Tensor, t: torch.Tensor, T: int) -> dict:
+    """Overall stats plus ``by_t``: one entry per t range that holds calibration pairs."""
+    result = {**error_stats(candidate, reference), "count": int(t.numel()), "by_t": []}
+    for lo, hi in t_ranges(T):
+        mask = (t >= lo) & (t < hi)
+        if mask.any():
+            result["by_t"].append({"t": [lo, hi], "count": int(mask.sum()),
+                                   **error_stats(candidate[mask], reference[mask])})
+    return result
+
+
+@torch.no_grad()
+def evaluate(eps: EpsFn, x: torch.Tensor, t: torch.Tensor, batch: int) -> torch.Tensor:
+    """eps over all pairs, ``batch`` at a time (engines have a maximum batch)."""
+    return torch.cat([eps(x[i:i + batch], t[i:i + batch]).float().clone() for i in range(0, len(x), batch)])
+
+
+def onnxruntime_eps(path: Path) -> EpsFn:
+    """An eps callable running an ONNX file on ONNX Runtime's CPU provider."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        (out,) = session.run(["eps"], {"x": x.float().numpy(), "t": t.float().numpy()})
+        return torch.from_numpy(out)
+
+    return eps
+
+
+def require_fp32_agreement(name: str, stats: dict, limit: float = FP32_REL_L2_LIMIT) -> None:
+    """An fp32 engine that disagrees with PyTorch beyond ``limit`` is a broken export."""
+    if not stats["rel_l2"] <= limit:
+        raise PndmError(
+            f"{name} disagrees with the PyTorch model: relative L2 {stats['rel_l2']:.3g} > {limit:g} "
+            f"(max abs {stats['max_abs']:.3g}); the export is wrong, report it with the model config"
+        )
+
+
+def format_table(results: dict[str, dict]) -> str:
+    """A plain-text table: one row per engine and t range."""
+    lines = [f"{'engine':<18}{'t range':>14}{'pairs':>7}{'rel L2':>12}{'max abs':>12}"]
+    for name, stats in results.items():
+        lines.append(f"{name:<18}{'all':>14}{stats['count']:>7}{stats['rel_l2']:>12.3e}{stats['max_abs']:>12.3e}")
+        for row in stats["by_t"]:
+            span = f"[{row['t'][0]}, {row['t'][1]})"
+            lines.append(f"{'':<18}{span:>14}{row['count']:>7}{row['rel_l2']:>12.3e}{row['max_abs']:>12.3e}")
+    return "\n".join(lines)
