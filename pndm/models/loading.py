@@ -22,12 +22,13 @@ from torch import nn
 
 from pndm.errors import CheckpointError, PndmError
 from pndm.fileio import sha256_file
+from pndm.models import registry
 from pndm.models.architectures import MODULES, build_model
 from pndm.models.checkpoint import METADATA_KEY, read_safetensors
-from pndm.models.configs import ParsedConfig, image_shape, parse_config, read_config_file
+from pndm.models.configs import ParsedConfig, image_shape, model_config, parse_config, read_config_file
 from pndm.models.diffusers_mapping import load_diffusers_dir
 from pndm.models.infer import detect_layout, infer_config
-from pndm.models.registry import DEFAULT_WEIGHTS, NAMED_MODELS, find_weights, named_model, weights_dir
+from pndm.models.registry import NAMED_MODELS, find_weights, named_model, weights_dir
 from pndm.models.spec import ModelSpec
 from pndm.models.state_dicts import TORCH_SUFFIXES, load_into, read_torch_state_dict
 
@@ -163,8 +164,10 @@ def load_architecture(name: str, config: ConfigArg = None) -> tuple[nn.Module, M
             raise _unknown_name(name)
         entry = named_model(name)
         arch, model_cfg, schedule, T = entry.architecture, entry.model, entry.schedule, entry.T
-        how = (f"trained weights: {DEFAULT_WEIGHTS} (not shipped in this installation)" if name == "default"
-               else f"for trained weights put {entry.origin} in {weights_dir()}")
+        if name == "default":
+            how = f"trained weights: {registry.DEFAULT_WEIGHTS} (not shipped in this installation)"
+        else:
+            how = f"for trained weights put {entry.origin} in {weights_dir()}"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
         model = build_model(arch, model_cfg).eval()
@@ -190,8 +193,22 @@ def _load_named(name: str, config: ConfigArg, allow_pickle: bool) -> tuple[nn.Mo
         config = {"architecture": entry.architecture, "model": entry.model,
                   "diffusion": {"schedule": entry.schedule, "T": entry.T}}
     model, spec = load_path(weights, config, allow_pickle=allow_pickle)
+    if name != "default" and _architecture_differs(spec, entry):
+        raise CheckpointError(
+            f"{weights}: installed as named model {name!r} but holds a different {spec.architecture} "
+            f"architecture ({spec.config}); remove it or load it by path"
+        )
     kind = "default" if name == "default" else "named"
     return model, dataclasses.replace(spec, name=name, source=f"{name} ({weights})", source_kind=kind)
+
+
+def _architecture_differs(spec: ModelSpec, entry: registry.NamedModel) -> bool:
+    """Whether loaded weights are not the named model's architecture (dropout, inert at eval, aside)."""
+    if spec.architecture != entry.architecture:
+        return True
+    named = model_config(entry.architecture, entry.model).to_dict()
+    return {k: v for k, v in named.items() if k != "dropout"} != {
+        k: v for k, v in spec.config.items() if k != "dropout"}
 
 
 def load(source: str | Path, config: ConfigArg = None, *, allow_pickle: bool = False,

@@ -72,12 +72,12 @@ NAMED_MODELS: dict[str, NamedModel] = {
     ),
 }
 
-# Stand-in for "default" until pndm/assets/default.safetensors is shipped: an untrained
-# MNIST-sized (1x32x32) DDPM UNet of the same family as the one being trained.
+# Stand-in for "default" until pndm/assets/default.safetensors is shipped: the untrained
+# architecture of the model being trained for it (pndm-train's "mnist28" preset, 1x28x28).
 UNTRAINED_DEFAULT = NamedModel(
     "default", "ddpm",
-    dict(ch=32, out_ch=1, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(16,), dropout=0.0,
-         in_channels=1, resolution=32, resamp_with_conv=True),
+    dict(ch=32, out_ch=1, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(7,), dropout=0.1,
+         in_channels=1, resolution=28, resamp_with_conv=True),
     "linear", 1000, "shipped with pndm as pndm/assets/default.safetensors",
 )
 

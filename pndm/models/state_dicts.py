@@ -23,9 +23,14 @@ TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)", re.IGNORECASE)
 
 
-def _first_line(exc: BaseException) -> str:
+def _reason(exc: BaseException) -> str:
+    """A short reason for a failed torch.load: its first sentence, or what the exception type means."""
+    if isinstance(exc, EOFError):
+        return "the file is empty or ends early"
+    if isinstance(exc, KeyError):
+        return "neither a zip archive nor a pickle"
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
+    return lines[0].split(". ")[0].rstrip(".") if lines else type(exc).__name__
 
 
 def torch_load(path: Path, allow_pickle: bool = False) -> Any:
@@ -48,7 +53,7 @@ def torch_load(path: Path, allow_pickle: bool = False) -> Any:
         ) from None
     except (RuntimeError, EOFError, KeyError, ValueError, OSError, zipfile.BadZipFile) as exc:
         raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)}); the file is corrupt, "
+            f"{path}: not a readable PyTorch checkpoint ({_reason(exc)}); the file is corrupt, "
             "truncated or of another kind: re-download or re-save it"
         ) from None
 

@@ -1,0 +1,106 @@
+"""Diffusers UNet2DModel folders map exactly onto the DDPM UNet, or are refused naming the option."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from pndm.errors import CheckpointError
+from pndm.models import load
+
+TINY = dict(
+    sample_size=16, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 64),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    downsample_padding=0, flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6, attention_head_dim=None,
+    dropout=0.0,
+)
+
+
+def _diffusers_unet(tmp_path, **overrides):
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(**{**TINY, **overrides}).eval()
+    with torch.no_grad():  # diffusers zero-inits nothing here, but make every weight matter
+        for p in unet.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    folder = tmp_path / "unet"
+    unet.save_pretrained(folder)
+    return unet, folder
+
+
+def _max_diff(unet, model):
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3.0, 997.5])
+    with torch.no_grad():
+        return (unet(x, t).sample - model(x, t)).abs().max().item()
+
+
+@pytest.mark.slow  # imports diffusers (~5 s on a loaded 2-core machine)
+def test_flip_sin_to_cos_is_mapped_exactly(tmp_path):
+    unet, folder = _diffusers_unet(tmp_path, flip_sin_to_cos=True)
+    model, spec = load(folder)
+    assert _max_diff(unet, model) < 1e-4
+    assert spec.config["attn_resolutions"] == [8] and spec.image_shape == (3, 16, 16)
+
+
+@pytest.mark.slow
+def test_legacy_attention_names_and_bin_weights(tmp_path):
+    """Older hub folders (google/ddpm-cifar10-32) store query/key/value/proj_attn in a .bin."""
+    unet, folder = _diffusers_unet(tmp_path)
+    legacy = {}
+    for key, value in load_file(folder / "diffusion_pytorch_model.safetensors").items():
+        for new, old in (("to_q", "query"), ("to_k", "key"), ("to_v", "value"), ("to_out.0", "proj_attn")):
+            key = key.replace(f".{new}.", f".{old}.")
+        legacy[key] = value
+    (folder / "diffusion_pytorch_model.safetensors").unlink()
+    torch.save(legacy, folder / "diffusion_pytorch_model.bin")
+    model, spec = load(folder)
+    assert _max_diff(unet, model) < 1e-4
+    assert spec.path.endswith("diffusion_pytorch_model.bin")
+
+
+@pytest.mark.parametrize("beta_schedule,expected",
+                         [("scaled_linear", "quad"), ("squaredcos_cap_v2", "cosine")])
+def test_pipeline_folder_with_scheduler(testdata, tmp_path, beta_schedule, expected):
+    pipeline = tmp_path / "pipe"
+    shutil.copytree(testdata / "diffusers_ddpm_tiny", pipeline / "unet")
+    (pipeline / "scheduler").mkdir()
+    (pipeline / "scheduler" / "scheduler_config.json").write_text(json.dumps(
+        {"_class_name": "DDPMScheduler", "beta_schedule": beta_schedule, "beta_start": 0.0001,
+         "beta_end": 0.02, "num_train_timesteps": 4000}))
+    _, spec = load(pipeline)
+    assert (spec.schedule, spec.T) == (expected, 4000)
+
+
+@pytest.mark.parametrize("option,value", [
+    ("freq_shift", 0), ("norm_eps", 1e-5), ("downsample_padding", 1), ("attention_head_dim", 8),
+    ("act_fn", "gelu"), ("resnet_time_scale_shift", "scale_shift"), ("time_embedding_type", "fourier"),
+    ("center_input_sample", True),
+])
+def test_unmappable_options_are_refused_by_name(testdata, tmp_path, option, value):
+    folder = tmp_path / "unet"
+    shutil.copytree(testdata / "diffusers_ddpm_tiny", folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, option: value}))
+    with pytest.raises(CheckpointError) as exc:
+        load(folder)
+    message = str(exc.value)
+    assert f"{option}={value!r}" in message and "\n" not in message
+
+
+def test_unknown_weight_is_refused(testdata, tmp_path):
+    folder = tmp_path / "unet"
+    shutil.copytree(testdata / "diffusers_ddpm_tiny", folder)
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    state["class_embedding.weight"] = torch.zeros(10, 128)
+    save_file(state, str(weights))
+    with pytest.raises(CheckpointError, match="class_embedding.weight has no counterpart"):
+        load(folder)
+
+
+def test_folder_without_config(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="not a diffusers model folder"):
+        load(tmp_path / "empty")
