@@ -10,6 +10,7 @@ import json
 import warnings
 from pathlib import Path
 
+import pytest
 import torch
 
 from pndm.fileio import sha256_file
@@ -90,3 +91,13 @@ def make_engine_dir(folder: Path) -> Path:
     )
     write_manifest(folder, {"unet.onnx": {"kind": "onnx", "precision": "fp32", "opset": 17}})
     return folder
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread; on this shared 2-core machine two OpenMP threads can
+    be 100x slower when other processes hold the cores. Restored after the module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

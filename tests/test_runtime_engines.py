@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from runtime_fixtures import TINY, export_tiny_onnx, tiny_model
+from runtime_fixtures import TINY, export_tiny_onnx, one_torch_thread, tiny_model  # noqa: F401
 
 from pndm.errors import EngineError
 from pndm.runtime.engines.base import EngineInfo

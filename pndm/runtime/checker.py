@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm import tqdm
 
-from pndm.errors import EngineError
+from pndm.errors import EngineError, PndmError
 from pndm.images import to_uint8
 from pndm.runtime.engines.base import Engine
 from pndm.runtime.metrics import eps_errors, has_nonfinite, image_agreement
@@ -80,6 +80,7 @@ class CheckReport:
     nonfinite: NonFinite | None = None
     failures: list[str] = field(default_factory=list)
     layerwise: dict | None = None
+    probe: tuple[torch.Tensor, torch.Tensor] | None = None  # a real (x_t, t) from mid-trajectory
 
     @property
     def passed(self) -> bool:
@@ -143,11 +144,12 @@ def lockstep(
     steps: int,
     eta: float = 0.0,
     on_call: Callable[[], None] | None = None,
-) -> tuple[torch.Tensor, list[dict], NonFinite | None]:
+) -> tuple[torch.Tensor, list[dict], NonFinite | None, tuple[torch.Tensor, torch.Tensor]]:
     """Solve with the reference; at each NFE feed the same (x_t, t) to the candidate and compare eps.
 
-    Returns the reference's final images (N, C, H, W) on the CPU, one row per NFE, and the first
-    non-finite candidate output (if any).
+    Returns the reference's final images (N, C, H, W) on the CPU, one row per NFE, the first
+    non-finite candidate output (if any), and the (x_t, t) of the middle NFE (a realistic input
+    for ``--layerwise``).
     """
     from pndm.schedules import make_schedule
     from pndm.solvers import sample
@@ -156,6 +158,8 @@ def lockstep(
     x_T = image_noise(seeds, reference.image_shape, reference.device)
     rows: list[dict] = []
     nonfinite: list[NonFinite] = []
+    probe: list[tuple[torch.Tensor, torch.Tensor]] = []
+    middle = (nfe_of(method, steps) or 0) // 2  # adaptive methods (nfe None): the first call
 
     def compare(x, t, eps, index):
         cand = candidate(x.to(candidate.device), torch.as_tensor(t).expand(x.shape[0]).to(candidate.device))
@@ -163,11 +167,13 @@ def lockstep(
             nonfinite.append(NonFinite("lockstep", index, _t_value(t)))
         rel, max_abs = eps_errors(cand, eps)
         rows.append({"index": index, "t": _t_value(t), "rel_l2": rel, "max_abs": max_abs})
+        if index == middle:
+            probe.append((x.cpu().clone(), t.cpu().clone()))
         if on_call is not None:
             on_call()
 
     x_0 = sample(reference, x_T, method, steps, schedule, eta=eta, callback=compare)
-    return x_0.float().cpu(), rows, (nonfinite[0] if nonfinite else None)
+    return x_0.float().cpu(), rows, (nonfinite[0] if nonfinite else None), probe[0]
 
 
 def _merge_rows(per_batch: list[list[dict]]) -> list[dict]:
@@ -247,7 +253,7 @@ def check_engine(
         thresholds=THRESHOLDS[precision],
     )
     bar = tqdm(
-        total=nfe * len(chunks),
+        total=nfe * len(chunks) if nfe else None,
         desc="lockstep",
         unit="nfe",
         file=sys.stderr,
@@ -257,28 +263,36 @@ def check_engine(
     reference_images, per_batch = [], []
     try:
         for chunk in chunks:
-            x_0, rows, nonfinite = lockstep(
+            x_0, rows, nonfinite, probe = lockstep(
                 reference, candidate, chunk, method=method, steps=steps, on_call=lambda: bar.update(1)
             )
             reference_images.append(x_0)
             per_batch.append(rows)
             report.nonfinite = report.nonfinite or nonfinite
+            report.probe = report.probe or probe
     finally:
         bar.close()
     report.lockstep = _merge_rows(per_batch)
+    report.nfe = nfe if nfe is not None else len(report.lockstep)
     watch = FiniteWatch(candidate, "free-running")
-    run = sample_seeds(
-        candidate,
-        seeds,
-        method=method,
-        steps=steps,
-        batch=batch,
-        eps=watch,
-        progress=progress,
-        desc="free-running",
-    )
+    try:
+        run = sample_seeds(
+            candidate,
+            seeds,
+            method=method,
+            steps=steps,
+            batch=batch,
+            eps=watch,
+            progress=progress,
+            desc="free-running",
+        )
+    except PndmError:
+        if watch.first is None:
+            raise
+        run = None  # the solver stopped at the candidate's first NaN/Inf
     report.nonfinite = report.nonfinite or watch.first
-    report.images = image_agreement(to_uint8(run.images), to_uint8(torch.cat(reference_images)))
+    if run is not None:
+        report.images = image_agreement(to_uint8(run.images), to_uint8(torch.cat(reference_images)))
     _verdict(report)
     return report
 

@@ -261,9 +261,10 @@ def check(
     ref = find_reference(candidate, reference, candidate.device)
     report = check_engine(candidate, ref, seeds, method=method, steps=steps, batch=batch, progress=progress)
     if layerwise:
-        from pndm.runtime.layerwise import compare_layers_for_check
+        from pndm.runtime.layerwise import layerwise_for_check
 
-        report.layerwise = compare_layers_for_check(candidate, reference, report, tolerance=layerwise_tol)
+        x, t = report.probe
+        report.layerwise = layerwise_for_check(candidate, reference, x, t, tolerance=layerwise_tol)
     click.echo(format_report(report))
     if report.layerwise:
         from pndm.runtime.layerwise import format_layerwise

@@ -9,7 +9,8 @@
 
 Engine files need the ``manifest.json`` written beside them by ``pndm-export``; its recorded
 SHA-256 must match the file (a truncated or swapped file is refused before it is run), and the
-file's inputs/outputs must match what the manifest says.
+file's inputs/outputs must match what the manifest says. The manifest is read and validated by
+:mod:`pndm.export.manifest`.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from pathlib import Path
 import torch
 
 from pndm.errors import EngineError
+from pndm.export.manifest import MANIFEST_NAME, engine_entry, read_manifest
 from pndm.fileio import sha256_file
 from pndm.runtime.engines.base import Engine, EngineInfo
 
 ENGINE_KINDS = {".onnx": "onnx", ".plan": "tensorrt", ".pt2": "aoti"}
-MANIFEST_NAME = "manifest.json"
 DEFAULT_ENGINE = "unet.onnx"
 
 
@@ -44,30 +45,12 @@ def resolve_device(device: str | torch.device | None, kind: str | None = None) -
     return torch.device("cuda")
 
 
-def read_engine_manifest(engine_path: Path) -> dict:
-    """The manifest beside an engine file (validated by :mod:`pndm.export.manifest`)."""
-    from pndm.export.manifest import read_manifest
-
-    manifest_path = engine_path.parent / MANIFEST_NAME
-    if not manifest_path.is_file():
-        raise EngineError(
-            f"no {MANIFEST_NAME} beside {engine_path}: keep the engine in the folder pndm-export wrote, "
-            "or re-export it with pndm-export build"
-        )
-    return read_manifest(manifest_path)
-
-
 def engine_info(engine_path: Path, manifest: dict) -> EngineInfo:
     """What the manifest says about one of its engine files.
 
     Refuses files the manifest does not list, of another kind, or whose SHA-256 differs.
     """
-    entry = manifest.get("engines", {}).get(engine_path.name)
-    if entry is None:
-        raise EngineError(
-            f"{engine_path.name} is not listed in {engine_path.parent / MANIFEST_NAME} "
-            f"(it lists {sorted(manifest.get('engines', {}))}): re-export, or use one of those"
-        )
+    entry = engine_entry(manifest, engine_path)
     expected_kind = ENGINE_KINDS[engine_path.suffix]
     if entry.get("kind") != expected_kind:
         raise EngineError(
@@ -133,13 +116,13 @@ def load_engine(
         return load_torch_model(path, device)
     if not path.is_file():
         raise EngineError(f"engine file not found: {path}")
-    manifest = read_engine_manifest(path)
+    manifest = read_manifest(path)
     info = engine_info(path, manifest)
     if kind == "aoti":
         from pndm.runtime.engines.aoti_engine import AotiEngine
 
         # A package is compiled for one device type: "auto" means the one it was built for.
-        built_for = manifest["engines"][path.name].get("device", "cpu")
+        built_for = engine_entry(manifest, path).get("device", "cpu")
         dev = resolve_device(built_for if device in (None, "auto") else device)
         if dev.type != torch.device(built_for).type:
             raise EngineError(f"{path} was compiled for {built_for}, not {dev}: use --device {built_for}")

@@ -52,7 +52,7 @@ class SampleRun:
     seeds: list[int]
     method: str
     steps: int
-    nfe: int
+    nfe: float
     batch: int
     model_calls: int
     model_seconds: float
@@ -74,8 +74,8 @@ class SampleRun:
         }
 
 
-def nfe_of(method: str, steps: int) -> int:
-    """Model evaluations per image for ``method`` at ``steps`` (the solvers' stated formula)."""
+def nfe_of(method: str, steps: int) -> int | None:
+    """Model evaluations per image for ``method`` at ``steps`` (the solvers' formula; None if adaptive)."""
     from pndm.solvers import METHODS
 
     return METHODS[method].nfe(steps)
@@ -107,7 +107,12 @@ def sample_seeds(
     schedule = make_schedule(engine.schedule_name, engine.T)
     nfe = nfe_of(method, steps)
     bar = tqdm(
-        total=nfe * len(chunks), desc=desc, unit="nfe", file=sys.stderr, disable=not progress, leave=False
+        total=nfe * len(chunks) if nfe else None,
+        desc=desc,
+        unit="nfe",
+        file=sys.stderr,
+        disable=not progress,
+        leave=False,
     )
     timed = TimedEps(eps or engine, engine.device, on_call=lambda: bar.update(1))
     outputs = []
@@ -125,7 +130,7 @@ def sample_seeds(
         seeds=list(seeds),
         method=method,
         steps=steps,
-        nfe=nfe,
+        nfe=nfe if nfe is not None else timed.calls / len(chunks),  # adaptive methods: the mean
         batch=batch,
         model_calls=timed.calls,
         model_seconds=timed.seconds,
