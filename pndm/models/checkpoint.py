@@ -60,6 +60,14 @@ def save_checkpoint(
     return path
 
 
+def _unreadable(path: Path, exc: Exception) -> CheckpointError:
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return CheckpointError(
+        f"{path}: not a readable safetensors file ({reason}); the file may be truncated or corrupt, "
+        "re-download or re-save it"
+    )
+
+
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, header metadata) of a safetensors file; a corrupt file raises CheckpointError."""
     path = Path(path)
@@ -68,10 +76,7 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"{path}: not a readable safetensors file ({str(exc).splitlines()[0]}); "
-            "the file may be truncated or corrupt, re-download or re-save it"
-        ) from None
+        raise _unreadable(path, exc) from None
     return tensors, header
 
 
@@ -85,6 +90,30 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+def read_checkpoint_config(path: str | Path) -> dict[str, Any] | None:
+    """A weights file's pndm config: ``<stem>.json`` beside it, else its embedded ``pndm_config``.
+
+    Reads only the safetensors header, not the tensors. None if neither exists.
+    """
+    path = Path(path)
+    beside = config_path_for(path)
+    if beside.is_file():
+        return read_json(beside, "checkpoint config")
+    if path.suffix != ".safetensors":
+        return None
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise _unreadable(path, exc) from None
+    if METADATA_KEY not in header:
+        return None
+    try:
+        return json.loads(header[METADATA_KEY])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: embedded {METADATA_KEY} is not valid JSON ({exc})") from None
+
+
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state_dict, config) of a pndm checkpoint.
 
@@ -94,18 +123,11 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    state, header = read_safetensors(path)
-    beside = config_path_for(path)
-    if beside.is_file():
-        config = read_json(beside, "checkpoint config")
-    elif METADATA_KEY in header:
-        try:
-            config = json.loads(header[METADATA_KEY])
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{path}: embedded {METADATA_KEY} is not valid JSON ({exc})") from None
-    else:
+    state, _ = read_safetensors(path)
+    config = read_checkpoint_config(path)
+    if config is None:
         raise CheckpointError(
-            f"{path}: no config found (neither {beside.name} beside it nor '{METADATA_KEY}' in its header); "
-            "put the architecture config JSON beside it"
+            f"{path}: no config found (neither {config_path_for(path).name} beside it nor "
+            f"'{METADATA_KEY}' in its header); put the architecture config JSON beside it"
         )
     return state, config

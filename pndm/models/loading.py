@@ -12,7 +12,6 @@ caller passes ``allow_pickle=True``; configs are JSON or ``yaml.safe_load``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from pndm.errors import CheckpointError, PndmError
 from pndm.fileio import sha256_file
 from pndm.models import registry
 from pndm.models.architectures import MODULES, build_model
-from pndm.models.checkpoint import METADATA_KEY, read_safetensors
+from pndm.models.checkpoint import read_checkpoint_config, read_safetensors
 from pndm.models.configs import ParsedConfig, image_shape, model_config, parse_config, read_config_file
 from pndm.models.diffusers_mapping import load_diffusers_dir
 from pndm.models.infer import detect_layout, infer_config
@@ -74,7 +73,7 @@ def _config_arg(config: dict[str, Any] | str | Path, what: str) -> ParsedConfig:
     return parse_config(read_config_file(config), str(config))
 
 
-def _find_config(path: Path, config: ConfigArg, header: dict[str, str]) -> ParsedConfig | None:
+def _find_config(path: Path, config: ConfigArg) -> ParsedConfig | None:
     """The config for a weights file: explicit, else a JSON beside it, else the embedded one, else None."""
     if config is not None:
         return _config_arg(config, f"config for {path}")
@@ -82,19 +81,15 @@ def _find_config(path: Path, config: ConfigArg, header: dict[str, str]) -> Parse
                       path.with_name("config.json")):
         if candidate.is_file():
             return parse_config(read_config_file(candidate), str(candidate))
-    if METADATA_KEY in header:
-        try:
-            return parse_config(json.loads(header[METADATA_KEY]), f"{path} ({METADATA_KEY})")
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{path}: embedded {METADATA_KEY} is not valid JSON ({exc})") from None
-    return None
+    found = read_checkpoint_config(path)  # a safetensors header's pndm_config
+    return parse_config(found, f"config of {path}") if found is not None else None
 
 
 def _load_file(path: Path, config: ConfigArg, allow_pickle: bool) -> tuple[nn.Module, ModelSpec]:
     if path.suffix == ".safetensors":
-        state, header = read_safetensors(path)
+        state = read_safetensors(path)[0]
     elif path.suffix in TORCH_SUFFIXES:
-        state, header = read_torch_state_dict(path, allow_pickle), {}
+        state = read_torch_state_dict(path, allow_pickle)
     else:
         raise CheckpointError(
             f"{path}: unsupported file type {path.suffix!r}; expected .ckpt/.pt/.pth/.bin, .safetensors "
@@ -108,7 +103,7 @@ def _load_file(path: Path, config: ConfigArg, allow_pickle: bool) -> tuple[nn.Mo
             f"{path}: diffusers-layout weights; load the diffusers model folder (with its config.json) "
             "instead"
         )
-    parsed = _find_config(path, config, header)
+    parsed = _find_config(path, config)
     notes: tuple[str, ...] = ()
     if parsed is None:
         parsed, note = infer_config(state, layout, path)

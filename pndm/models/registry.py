@@ -20,7 +20,7 @@ import torch
 
 from pndm.errors import PndmError
 from pndm.models.architectures import build_model
-from pndm.models.checkpoint import config_path_for, read_json
+from pndm.models.checkpoint import read_checkpoint_config
 from pndm.models.configs import DDPM_CONFIGS, IDDPM_CONFIGS, image_shape, parse_config
 
 WEIGHTS_ENV = "PNDM_MODELS_DIR"
@@ -103,11 +103,10 @@ def find_weights(name: str) -> Path | None:
 def named_model(name: str) -> NamedModel:
     """The entry of a named model; "default" reads the shipped ``default.json`` (or is the stand-in)."""
     if name == "default":
-        beside = config_path_for(DEFAULT_WEIGHTS)
-        if not (DEFAULT_WEIGHTS.is_file() and beside.is_file()):
+        raw = read_checkpoint_config(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.is_file() else None
+        if raw is None:
             return UNTRAINED_DEFAULT
-        raw = read_json(beside, "default model config")
-        parsed = parse_config(raw, str(beside))
+        parsed = parse_config(raw, str(DEFAULT_WEIGHTS))
         return NamedModel("default", parsed.architecture, parsed.model.to_dict(), parsed.schedule or "linear",
                           int(parsed.T or 1000), UNTRAINED_DEFAULT.origin)
     if name not in NAMED_MODELS:
