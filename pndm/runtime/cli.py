@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import math
+import sys
 from pathlib import Path
 
 import click
@@ -272,4 +273,5 @@ def check(
         click.echo(format_layerwise(report.layerwise))
     if json_path:
         write_json(_json_safe(report.to_dict()), Path(json_path))
-    click.get_current_context().exit(0 if report.passed else 1)
+    # SystemExit, not ctx.exit: click returns (not raises) ctx.exit's code under standalone_mode=False.
+    sys.exit(0 if report.passed else 1)
