@@ -8,16 +8,13 @@ model code. On this machine's AVX-512-BF16 CPU it is about twice as fast as fp32
 
 from __future__ import annotations
 
-import contextlib
-import io
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from pndm.export.batch import BatchRange
-from pndm.export.onnx_export import batch_dynamic_shapes, example_inputs
+from pndm.export.onnx_export import batch_dynamic_shapes, example_inputs, quiet_exporter
 from pndm.export.precision import engine_module
 from pndm.fileio import atomic_path
 
@@ -26,8 +23,7 @@ def compile_aoti(model: nn.Module, image_shape: tuple[int, int, int], batch: Bat
                  precision: str = "bf16") -> Path:
     """Export and AOT-compile ``model`` at ``precision`` into the package ``path`` (atomically)."""
     module = engine_module(model, precision)
-    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
+    with torch.no_grad(), quiet_exporter():
         program = torch.export.export(module, example_inputs(image_shape),
                                       dynamic_shapes=batch_dynamic_shapes(batch))
         with atomic_path(path) as tmp:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 from pathlib import Path
 
@@ -49,13 +50,26 @@ def check_opset(opset: int) -> None:
         raise PndmError(f"opset {opset} is not supported: choose --opset between {MIN_OPSET} and {newest}")
 
 
+@contextlib.contextmanager
+def quiet_exporter():
+    """Silence the exporter's progress prints, warnings and its 'torchvision is not installed' log lines."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def export_onnx(module: nn.Module, image_shape: tuple[int, int, int], batch: BatchRange,
                 opset: int) -> onnx.ModelProto:
     """The ONNX graph of ``module`` (eps(x, t)) at ``opset``; raises if the exporter cannot produce it."""
     check_opset(opset)
     inputs = example_inputs(image_shape)
-    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
+    with torch.no_grad(), quiet_exporter():
         program = torch.onnx.export(
             module, inputs, input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
             dynamic_shapes=batch_dynamic_shapes(batch), opset_version=opset, dynamo=True,
