@@ -79,7 +79,14 @@ def _device_for_rank(device: str, local_rank: int, world_size: int) -> str:
     show_default=True,
     help="Solver steps N (NFE depends on the method: F-PNDM uses N+9).",
 )
-@click.option("--num", type=click.IntRange(min=1), default=16, show_default=True, help="Number of images.")
+@click.option(
+    "-n",
+    "--num",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Number of images (under torchrun write -n: torchrun mistakes --num for its --numa-binding).",
+)
 @click.option(
     "--batch",
     type=click.IntRange(min=1),
@@ -178,7 +185,7 @@ def sample(engine_path, method, steps, num, batch, seed, eta, out, fmt, device, 
             "wall_seconds": wall,
             "images_per_second": len(seeds) / wall if wall > 0 else None,
             "world_size": env.world_size,
-            "ranks": rank_stats,
+            **({"ranks": rank_stats} if env.world_size > 1 else {}),
             "format": fmt,
             "engine": engine.describe(),
             "versions": versions(),

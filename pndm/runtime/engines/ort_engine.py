@@ -27,12 +27,16 @@ _ORT_TYPES = {
 
 
 def session_options(threads: int | None = None):
-    """Session options for speed: all graph optimizations, one intra-op thread per core."""
+    """Session options for speed: all graph optimizations, one intra-op thread per core.
+
+    Under torchrun the cores are shared by the processes on this machine (``LOCAL_WORLD_SIZE``).
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    options.intra_op_num_threads = threads or max(1, (os.cpu_count() or 1) // local_processes)
     options.log_severity_level = 3
     return options
 
