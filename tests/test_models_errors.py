@@ -163,3 +163,33 @@ def test_bad_config_values(testdata, tmp_path):
     broken.write_text("{not json")
     with pytest.raises(PndmError, match="cannot read config"):
         load(path, config=broken)
+
+
+def test_config_of_the_other_architecture_is_refused(testdata):
+    """Unknown keys are ignored, so a DDPM config must not silently become an all-defaults iDDPM."""
+    with pytest.raises(PndmError, match="settings are for architecture 'ddpm', not 'iddpm'"):
+        load("iddpm", config=testdata / CONFIG)
+    with pytest.raises(PndmError, match="settings are for architecture 'ddpm', not 'iddpm'"):
+        load(testdata / "iddpm_tiny.ckpt", config={"architecture": "iddpm", "model": {"ch": 32}})
+
+
+def test_bare_weights_without_config_name_what_is_missing(testdata, tmp_path):
+    ddpm = _copy_tiny(testdata, tmp_path, with_config=False)
+    with pytest.raises(CheckpointError, match="resolution"):
+        load(ddpm)
+    iddpm = tmp_path / "iddpm.ckpt"
+    shutil.copy(testdata / "iddpm_tiny.ckpt", iddpm)
+    with pytest.raises(CheckpointError, match="num_heads"):
+        load(iddpm)
+
+
+def test_bare_full_size_weights_match_a_named_config(tmp_path):
+    """Keys and shapes of the full CIFAR-10 layout identify the named config (resolution 32)."""
+    from pndm.models import build_model
+    from pndm.models.configs import DDPM_CONFIGS
+    from pndm.models.infer import infer_config
+
+    with torch.device("meta"):
+        state = build_model("ddpm", DDPM_CONFIGS["cifar10"]).state_dict()
+    parsed, note = infer_config(state, "ddpm", tmp_path / "ema_cifar10.ckpt")
+    assert parsed.model.resolution == 32 and "'cifar10'" in note

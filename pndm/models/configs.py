@@ -50,7 +50,8 @@ IDDPM_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 CONFIG_CLASSES: dict[str, type] = {"ddpm": DDPMUNetConfig, "iddpm": IDDPMUNetConfig}
-SCHEDULES = ("linear", "quad", "cosine")
+# The base-width key that tells a bare `model:` section's architecture.
+ARCHITECTURE_MARKERS = {"ddpm": "ch", "iddpm": "model_channels"}
 # The one beta range the schedule names "linear" and "quad" stand for (docs/CONTRACTS.md).
 LINEAR_BETA_RANGE = (1e-4, 0.02)
 
@@ -131,10 +132,9 @@ def _schedule_from_sections(raw: dict[str, Any], what: str) -> tuple[str | None,
 
 
 def detect_architecture(section: dict[str, Any], what: str) -> str:
-    if "model_channels" in section:
-        return "iddpm"
-    if "ch" in section:
-        return "ddpm"
+    for arch, key in ARCHITECTURE_MARKERS.items():
+        if key in section:
+            return arch
     raise PndmError(
         f"{what}: cannot tell the architecture (no 'ch' or 'model_channels' key); "
         "give a config with an 'architecture' key (\"ddpm\" or \"iddpm\")"
@@ -150,6 +150,10 @@ def parse_config(raw: dict[str, Any], what: str = "config") -> ParsedConfig:
         if arch not in CONFIG_CLASSES:
             raise PndmError(f"{what}: unknown architecture {arch!r}; valid: {', '.join(CONFIG_CLASSES)}")
         section = raw.get("model", {k: v for k, v in raw.items() if k != "architecture"})
+        keys = section if isinstance(section, dict) else {}
+        marked = [a for a, key in ARCHITECTURE_MARKERS.items() if key in keys]
+        if marked and arch not in marked:
+            raise PndmError(f"{what}: the settings are for architecture {marked[0]!r}, not {arch!r}")
     else:
         section = raw.get("model", raw.get("Model", raw))
         arch = detect_architecture(section, what)

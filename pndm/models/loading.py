@@ -151,7 +151,11 @@ def load_architecture(name: str, config: ConfigArg = None) -> tuple[nn.Module, M
         if config is None:
             raise PndmError(f"architecture {name!r} needs config= (a dict or JSON/YAML file of its settings)")
         raw = config if isinstance(config, dict) else read_config_file(config)
-        parsed = parse_config(raw if "architecture" in raw else {"architecture": name, "model": raw})
+        if not any(key in raw for key in ("architecture", "model", "Model")):  # a bare model section
+            raw = {"architecture": name, "model": raw}
+        parsed = parse_config(raw, f"config for {name}")
+        if parsed.architecture != name:
+            raise PndmError(f"the config given is for architecture {parsed.architecture!r}, not {name!r}")
         arch, model_cfg, schedule, T = parsed.architecture, parsed.model, parsed.schedule, parsed.T
         how = "load a checkpoint for trained weights"
     else:
@@ -160,7 +164,8 @@ def load_architecture(name: str, config: ConfigArg = None) -> tuple[nn.Module, M
         entry = named_model(name)
         arch, model_cfg, schedule, T = entry.architecture, entry.model, entry.schedule, entry.T
         if name == "default":
-            how = f"trained weights: {registry.DEFAULT_WEIGHTS} (not shipped in this installation)"
+            shipped = "" if registry.DEFAULT_WEIGHTS.is_file() else " (not shipped in this installation)"
+            how = f"trained weights: {registry.DEFAULT_WEIGHTS}{shipped}"
         else:
             how = f"for trained weights put {entry.origin} in {weights_dir()}"
     with torch.random.fork_rng(devices=[]):

@@ -93,7 +93,7 @@ def find_weights(name: str) -> Path | None:
     if name == "default":
         return DEFAULT_WEIGHTS if DEFAULT_WEIGHTS.is_file() else None
     folder = weights_dir()
-    for candidate in NAMED_MODELS[name].files:
+    for candidate in named_model(name).files:
         path = folder / candidate
         if path.is_file() or (path / "config.json").is_file() or (path / "unet" / "config.json").is_file():
             return path
