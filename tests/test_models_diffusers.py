@@ -104,3 +104,32 @@ def test_folder_without_config(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="not a diffusers model folder"):
         load(tmp_path / "empty")
+
+
+def test_absent_options_mean_diffusers_defaults(testdata, tmp_path):
+    """An old config.json without freq_shift means diffusers' default 0, which is not mappable."""
+    folder = tmp_path / "unet"
+    shutil.copytree(testdata / "diffusers_ddpm_tiny", folder)
+    config = json.loads((folder / "config.json").read_text())
+    del config["freq_shift"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="freq_shift=0"):
+        load(folder)
+
+
+def test_google_ddpm_cifar10_layout_maps_onto_the_original(testdata):
+    """Every key/shape of google/ddpm-cifar10-32 renames onto exactly the CIFAR-10 DDPM state dict."""
+    from pndm.models import build_model
+    from pndm.models.configs import DDPM_CONFIGS
+    from pndm.models.diffusers_mapping import DIFFUSERS_DEFAULTS, ddpm_config_from_diffusers, map_state_dict
+
+    reference = json.loads((testdata / "diffusers_ddpm_cifar10_state_dict_shapes.json").read_text())
+    cfg = {**DIFFUSERS_DEFAULTS, **reference["config"]}
+    config = ddpm_config_from_diffusers(cfg, testdata)
+    assert config.to_dict() == {**DDPM_CONFIGS["cifar10"], "ch_mult": [1, 2, 2, 2], "attn_resolutions": [16],
+                                "dropout": 0.0}  # dropout: diffusers' default; inert at inference
+    fake = {k: torch.empty(shape, device="meta") for k, shape in reference["state_dict"].items()}
+    mapped = map_state_dict(fake, cfg, len(config.ch_mult), testdata)
+    with torch.device("meta"):
+        expected = build_model("ddpm", DDPM_CONFIGS["cifar10"]).state_dict()
+    assert {k: tuple(v.shape) for k, v in mapped.items()} == {k: tuple(v.shape) for k, v in expected.items()}

@@ -50,6 +50,19 @@ REQUIRED = {
     "class_embed_type": None,
     "num_class_embeds": None,
 }
+# UNet2DModel's constructor defaults (diffusers 0.42): what an option absent from config.json means.
+DIFFUSERS_DEFAULTS: dict[str, Any] = {
+    "act_fn": "silu", "time_embedding_type": "positional", "freq_shift": 0, "flip_sin_to_cos": True,
+    "norm_eps": 1e-5, "norm_num_groups": 32, "downsample_padding": 1, "downsample_type": "conv",
+    "upsample_type": "conv", "center_input_sample": False, "mid_block_type": "UNetMidBlock2D",
+    "add_attention": True, "mid_block_scale_factor": 1, "resnet_time_scale_shift": "default",
+    "class_embed_type": None, "num_class_embeds": None, "attention_head_dim": 8, "attn_norm_num_groups": None,
+    "time_embedding_dim": None, "layers_per_block": 2, "in_channels": 3, "out_channels": 3, "dropout": 0.0,
+    "sample_size": None,
+    "block_out_channels": (224, 448, 672, 896),
+    "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+    "up_block_types": ("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+}
 DOWN_TYPES = {"DownBlock2D": False, "AttnDownBlock2D": True}  # type -> has attention
 UP_TYPES = {"UpBlock2D": False, "AttnUpBlock2D": True}
 
@@ -75,20 +88,24 @@ def _refuse(path: Path, option: str, value: Any, wanted: Any) -> CheckpointError
 
 
 def ddpm_config_from_diffusers(cfg: dict[str, Any], path: Path) -> DDPMUNetConfig:
-    """The DDPMUNetConfig computing what a diffusers UNet2DModel config computes; refuses the rest."""
+    """The DDPMUNetConfig computing what a UNet2DModel config computes; refuses the rest.
+
+    ``cfg`` is config.json over DIFFUSERS_DEFAULTS (an absent option means diffusers' default).
+    """
     if cfg.get("_class_name", "UNet2DModel") != "UNet2DModel":
         raise _refuse(path, "_class_name", cfg["_class_name"], "UNet2DModel")
     for option, wanted in REQUIRED.items():
-        value = cfg.get(option, wanted)
-        if value != wanted and not (isinstance(wanted, float) and abs(value - wanted) < 1e-12):
+        value = cfg[option]
+        close = isinstance(value, float) and isinstance(wanted, float) and abs(value - wanted) < 1e-12
+        if value != wanted and not close:
             raise _refuse(path, option, value, wanted)
     channels = list(cfg["block_out_channels"])
     ch = channels[0]
     if any(c % ch for c in channels):
         raise _refuse(path, "block_out_channels", channels, "multiples of the first entry")
-    if cfg.get("attn_norm_num_groups") not in (None, 32):
+    if cfg["attn_norm_num_groups"] not in (None, 32):
         raise _refuse(path, "attn_norm_num_groups", cfg["attn_norm_num_groups"], 32)
-    if cfg.get("time_embedding_dim") not in (None, 4 * ch):
+    if cfg["time_embedding_dim"] not in (None, 4 * ch):
         raise _refuse(path, "time_embedding_dim", cfg["time_embedding_dim"], 4 * ch)
     down, up = list(cfg["down_block_types"]), list(cfg["up_block_types"])
     for option, types, known in (("down_block_types", down, DOWN_TYPES), ("up_block_types", up, UP_TYPES)):
@@ -99,19 +116,21 @@ def ddpm_config_from_diffusers(cfg: dict[str, Any], path: Path) -> DDPMUNetConfi
     up_attn_levels = sorted(len(up) - 1 - i for i, t in enumerate(up) if UP_TYPES[t])
     if attn_levels != up_attn_levels:
         raise _refuse(path, "up_block_types", up, "attention at the same levels as down_block_types")
-    head_dim = cfg.get("attention_head_dim")
+    head_dim = cfg["attention_head_dim"]
     if head_dim is not None and any(head_dim != channels[lv] for lv in attn_levels + [len(channels) - 1]):
         raise _refuse(path, "attention_head_dim", head_dim, None)  # multi-head attention
-    size = cfg.get("sample_size", 32)
+    size = cfg["sample_size"]
+    if size is None:
+        raise CheckpointError(f"{path}: config.json has no sample_size; the image size is needed, add it")
     if isinstance(size, (list, tuple)):
         if len(set(size)) != 1:
             raise _refuse(path, "sample_size", size, "a square size")
         size = size[0]
     return DDPMUNetConfig(
-        ch=ch, out_ch=cfg.get("out_channels", 3), ch_mult=tuple(c // ch for c in channels),
-        num_res_blocks=cfg.get("layers_per_block", 2),
+        ch=ch, out_ch=cfg["out_channels"], ch_mult=tuple(c // ch for c in channels),
+        num_res_blocks=cfg["layers_per_block"],
         attn_resolutions=tuple(size >> lv for lv in attn_levels),
-        dropout=cfg.get("dropout", 0.0), in_channels=cfg.get("in_channels", 3), resolution=size,
+        dropout=cfg["dropout"], in_channels=cfg["in_channels"], resolution=size,
         resamp_with_conv=True,
     )
 
@@ -160,7 +179,7 @@ def map_state_dict(
             )
         is_attn_linear = ".attn" in name and name.rsplit(".", 2)[-2] in ("q", "k", "v", "proj_out")
         out[name] = value[:, :, None, None] if is_attn_linear and value.ndim == 2 else value
-    if cfg.get("flip_sin_to_cos", False) and "temb.dense.0.weight" in out:
+    if cfg["flip_sin_to_cos"] and "temb.dense.0.weight" in out:
         # [cos | sin] input == [sin | cos] input with the two column halves of the weight swapped.
         w = out["temb.dense.0.weight"]
         half = w.shape[1] // 2
@@ -199,7 +218,7 @@ def load_diffusers_dir(
     folder = unet_dir(path)
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"{path}: not a diffusers model folder (no config.json inside)")
-    cfg = read_json(folder / "config.json", "diffusers config")
+    cfg = {**DIFFUSERS_DEFAULTS, **read_json(folder / "config.json", "diffusers config")}
     config = ddpm_config_from_diffusers(cfg, folder)
     state, weights = read_weights(folder, allow_pickle)
     mapped = map_state_dict(state, cfg, len(config.ch_mult), weights)
