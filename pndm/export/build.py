@@ -84,6 +84,7 @@ def check_options(options: ExportOptions) -> str | None:
     if options.trt not in TRT_MODES:
         raise PndmError(f"unknown --trt mode {options.trt!r}; choose one of {', '.join(TRT_MODES)}")
     check_opset(options.opset)
+    check_out_dir(Path(options.out))
     if options.trt == "off":
         return "--trt off"
     _, reason = trt_build.import_builder()
@@ -92,10 +93,20 @@ def check_options(options: ExportOptions) -> str | None:
     return reason
 
 
-def make_staging(out: Path) -> tuple[Path, bool]:
-    """A fresh hidden folder inside ``out`` (created if needed); (staging, whether ``out`` was created)."""
+def check_out_dir(out: Path) -> None:
+    """Refuse an ``--out`` that is a file, or whose nearest existing parent is not a writable folder."""
     if out.exists() and not out.is_dir():
         raise PndmError(f"--out {out} is a file, not a directory; choose a directory path")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise PndmError(f"output directory {out} is not writable ({existing} is a file); pick another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PndmError(f"output directory {out} is not writable (permission denied); choose another --out")
+
+
+def make_staging(out: Path) -> tuple[Path, bool]:
+    """A fresh hidden folder inside ``out`` (created if needed); (staging, whether ``out`` was created)."""
+    check_out_dir(out)
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,92 @@
+"""``pndm-export build`` / ``models`` on the command line: help, listing, one-line errors (exit code 2)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pndm.cli import export_cli
+
+
+def run(*args, env=None):
+    return CliRunner().invoke(export_cli, list(args), env=env)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_help_documents_every_option_with_its_default():
+    result = run("build", "--help")
+    assert result.exit_code == 0
+    for option in ("--model", "--checkpoint", "--out", "--precision", "--batch", "--opset", "--trt",
+                   "--timing-cache", "--lean", "--random-init", "--trust-pickle"):
+        assert option in result.output
+    text = " ".join(result.output.split())  # help is wrapped to the terminal width
+    assert "default: 1:4:64" in text and "default: 20" in text and "default: auto" in text
+
+
+def test_models_lists_names_and_where_weights_go(tmp_path):
+    result = run("models", env={"PNDM_MODELS_DIR": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    assert "cifar10" in result.output and "35.7M" in result.output and str(tmp_path) in result.output
+    (tmp_path / "cifar10.safetensors").write_bytes(b"")
+    present = run("models", "--json", env={"PNDM_MODELS_DIR": str(tmp_path)})
+    assert f'"weights": "{tmp_path / "cifar10.safetensors"}"' in present.output
+
+
+def test_named_model_without_weights_says_where_to_get_them(tmp_path):
+    out = tmp_path / "out"
+    result = run("build", "--model", "cifar10", "--out", str(out), env={"PNDM_MODELS_DIR": str(tmp_path)})
+    assert_one_line_error(result, "no weights for named model 'cifar10'", str(tmp_path), "ema_cifar10.ckpt")
+    assert not out.exists()
+
+
+def test_unknown_model(tmp_path):
+    assert_one_line_error(run("build", "--model", "imagenet", "--out", str(tmp_path / "o")),
+                          "unknown model or architecture 'imagenet'")
+
+
+def test_unreadable_checkpoint(tmp_path):
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"\x00garbage")
+    out = tmp_path / "o"
+    assert_one_line_error(run("build", "--checkpoint", str(bad), "--out", str(out)), str(bad))
+    assert not out.exists()
+    assert_one_line_error(run("build", "--checkpoint", str(tmp_path / "none.ckpt"), "--out", str(out)),
+                          "no such file")
+
+
+@pytest.mark.parametrize("batch", ["4:2:8", "0:1:2", "a:b:c", "1:2"])
+def test_invalid_batch_range(tmp_path, batch):
+    assert_one_line_error(run("build", "--batch", batch, "--out", str(tmp_path / "o")), "invalid batch range")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("opset", ["7", "99"])
+def test_unsupported_opset(tmp_path, opset):
+    assert_one_line_error(run("build", "--opset", opset, "--out", str(tmp_path / "o")),
+                          f"opset {opset} is not supported", "--opset between 17 and")
+
+
+def test_output_directory_not_writable(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert_one_line_error(run("build", "--out", str(blocker / "sub")), "not writable", "choose another --out")
+
+
+def test_trt_on_without_a_gpu(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    result = run("build", "--trt", "on", "--out", str(tmp_path / "o"))
+    assert_one_line_error(result, "--trt on", "no CUDA device")
+
+
+def test_checkpoint_and_model_together(tmp_path):
+    result = run("build", "--model", "cifar10", "--checkpoint", "x.ckpt", "--out", str(tmp_path))
+    assert_one_line_error(result, "either --model NAME or --checkpoint PATH")
