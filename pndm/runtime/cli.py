@@ -229,7 +229,7 @@ def sample(engine_path, method, steps, num, batch, seed, eta, out, fmt, device, 
 @click.option(
     "--layerwise-tol",
     type=click.FloatRange(min=0.0),
-    default=0.05,
+    default=0.01,
     show_default=True,
     help="Relative L2 error at which a layer counts as diverged (--layerwise).",
 )
