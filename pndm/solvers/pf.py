@@ -30,12 +30,15 @@ def probability_flow(
     if t_top > t_low:
         ab_top, ab_low = alpha_bar_at(schedule, t_top), alpha_bar_at(schedule, t_low)
 
+        sigma_top, sigma_low = sigma_of(ab_top), sigma_of(ab_low)
+
         def velocity(sigma: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            s = float(sigma)
+            # the initial step-size probe may look past the span: keep the model inside it
+            s = min(max(float(sigma), sigma_low), sigma_top)
             t = min(max(float(schedule.t_of_sigma(s)), t_low), t_top)
             return ev(y / math.sqrt(1 + s * s), t)
 
-        span = torch.tensor([sigma_of(ab_top), sigma_of(ab_low)], dtype=x.dtype, device=x.device)
+        span = torch.tensor([sigma_top, sigma_low], dtype=x.dtype, device=x.device)
         y = odeint(velocity, x / math.sqrt(ab_top), span, rtol=tol, atol=tol, method="dopri5")[-1]
         x = y * math.sqrt(ab_low)
     return ddim_step(ev, schedule, x, t_low, grid[-1])
