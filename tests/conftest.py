@@ -7,6 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# One intra-op thread: tests use tiny models, and on a shared 2-core machine OpenMP threads
+# oversubscribe badly (a tiny forward pass went from 0.04 s to 2.5 s with 2 threads under load).
+torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 TESTDATA = REPO.parent / "shared" / "testdata"
 

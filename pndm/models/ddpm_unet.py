@@ -74,7 +74,8 @@ class GroupNorm32(nn.GroupNorm):
     """
 
     def forward(self, x):
-        return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
+        normed = F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps)
+        return normed.to(x.dtype)
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
