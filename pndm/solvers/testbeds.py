@@ -3,8 +3,8 @@
 * :class:`GaussianTestbed`: data x0 ~ N(mu, s^2) per dimension. The optimal eps is closed form and
   the probability-flow ODE keeps z = (x_t - sqrt(ab) mu) / sqrt(ab s^2 + 1 - ab) constant, so the
   exact x_0 reached from any x_t is mu + s z.
-* :class:`FiniteDataTestbed`: data is a handful of points; the ideal denoiser E[x0 | x_t] is the
-  softmax-weighted mean of the points. Non-linear; its reference solution is a tight adaptive solve.
+* :class:`FiniteDataTestbed`: data is a handful of points (slightly blurred); the ideal denoiser
+  is the softmax-weighted mean over the points. Non-linear; its reference is a tight adaptive solve.
 
 Both take ``eps(x, t)`` with the timestep index t (any x dtype/device) like a real model, and
 ``eps_at(x, ab)`` directly in alpha_bar (used by the reference solve, which may go below t = 0).
@@ -18,6 +18,8 @@ import torch
 from torchdiffeq import odeint
 
 from pndm.schedules import Schedule
+from pndm.solvers.api import solve
+from pndm.solvers.grid import time_grid
 
 
 class GaussianTestbed:
@@ -59,56 +61,59 @@ class GaussianTestbed:
         mean, std = self._marginal(float(self.schedule.alpha_bar(t)), x_t)
         return self.mu.to(x_t) + self.s.to(x_t) * (x_t - mean) / std
 
+    reference_x0 = exact_x0
+
 
 class FiniteDataTestbed:
-    """Data = ``points`` (n, C, H, W) with equal weight; eps from the ideal denoiser."""
+    """Data = ``points`` (n, C, H, W), each blurred by N(0, spread^2 I); eps from the ideal denoiser.
 
-    def __init__(self, schedule: Schedule, points: torch.Tensor):
-        self.schedule, self.points = schedule, points
+    With spread = 0 this is the empirical training set, whose ideal denoiser collapses every
+    trajectory exactly onto a training point (every solver then reads error 0); a small spread
+    keeps the softmax weighting non-linear while making the endpoint a smooth function of x_T.
+    """
+
+    def __init__(self, schedule: Schedule, points: torch.Tensor, spread: float = 0.2):
+        self.schedule, self.points, self.spread = schedule, points, spread
 
     @classmethod
-    def random(cls, schedule: Schedule, n: int = 6, shape=(1, 4, 4), seed: int = 0, dtype=torch.float64):
+    def random(cls, schedule: Schedule, n: int = 8, shape=(1, 4, 4), seed: int = 0, dtype=torch.float64):
+        """n points uniform in [-1, 1]^(C*H*W)."""
         g = torch.Generator().manual_seed(seed)
         return cls(schedule, torch.rand((n, *shape), generator=g, dtype=dtype) * 2 - 1)
 
-    def denoise(self, x: torch.Tensor, ab) -> torch.Tensor:
-        """E[x0 | x_t] = sum_i w_i d_i, w = softmax(-|x - sqrt(ab) d_i|^2 / (2 (1 - ab)))."""
-        d = self.points.to(x)
-        ab = torch.as_tensor(ab, dtype=x.dtype, device=x.device).reshape(-1, 1)
-        sq = ((x.flatten(1)[:, None, :] - ab.sqrt()[:, :, None] * d.flatten(1)[None]) ** 2).sum(-1)
-        w = torch.softmax(-sq / (2 * (1 - ab)), dim=1)
-        return (w @ d.flatten(1)).view_as(x)
-
     def eps_at(self, x: torch.Tensor, ab) -> torch.Tensor:
-        """eps = (x - sqrt(ab) E[x0 | x]) / sqrt(1 - ab)."""
-        ab_b = torch.as_tensor(ab, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
-        return (x - ab_b.sqrt() * self.denoise(x, ab)) / (1 - ab_b).sqrt()
+        """Mixture posterior: with v = ab spread^2 + 1 - ab, component i gives
+        E[eps | x, i] = sqrt(1-ab) (x - sqrt(ab) d_i) / v and has weight
+        w_i = softmax_i(-|x - sqrt(ab) d_i|^2 / (2 v)); eps = sum_i w_i E[eps | x, i]."""
+        d = self.points.to(x).flatten(1)  # (n, D)
+        ab = torch.as_tensor(ab, dtype=x.dtype, device=x.device).reshape(-1, 1, 1)  # (B, 1, 1)
+        v = ab * self.spread**2 + 1 - ab
+        diff = x.flatten(1)[:, None, :] - ab.sqrt() * d[None]  # (B, n, D)
+        w = torch.softmax(-(diff**2).sum(-1, keepdim=True) / (2 * v), dim=1)
+        return ((1 - ab).sqrt() * (w * diff).sum(1, keepdim=True) / v).view_as(x)
 
     def eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        ab = self.schedule.alpha_bar(t.double().cpu()).to(x)
-        return self.eps_at(x, ab)
+        return self.eps_at(x, self.schedule.alpha_bar(t.double().cpu()).to(x))
 
     def prior(self, batch: int, t: float, generator: torch.Generator | None = None) -> torch.Tensor:
-        """x_t = sqrt(ab) d + sqrt(1-ab) n for random data points d."""
+        """x_t = sqrt(ab) (d + spread n') + sqrt(1-ab) n for random data points d."""
         ab = float(self.schedule.alpha_bar(t))
         idx = torch.randint(len(self.points), (batch,), generator=generator)
+        std = math.sqrt(ab * self.spread**2 + 1 - ab)
         n = torch.randn((batch, *self.points.shape[1:]), generator=generator, dtype=self.points.dtype)
-        return math.sqrt(ab) * self.points[idx] + math.sqrt(1 - ab) * n
+        return math.sqrt(ab) * self.points[idx] + std * n
 
     def reference_x0(self, x_t: torch.Tensor, t: float, tol: float = 1e-10) -> torch.Tensor:
-        """Tight dopri5 solve of dy/dsigma = eps (y = x/sqrt(ab)) from sigma(t) to sigma_min, where
-        the posterior is a single point, then x0 = E[x0 | x] there."""
+        """Tight dopri5 solve of dy/dsigma = eps (y = x/sqrt(ab)) from sigma(t) all the way to 0
+        (eps is defined there for spread > 0)."""
         sigma_top = float(self.schedule.sigma(t))
-        sigma_min = 1e-4
 
         def velocity(sigma, y):
             ab = 1 / (1 + sigma**2)
             return self.eps_at(y * ab.sqrt(), ab.expand(y.shape[0]))
 
-        span = torch.tensor([sigma_top, sigma_min], dtype=x_t.dtype)
-        y = odeint(velocity, x_t * math.sqrt(1 + sigma_top**2), span, rtol=tol, atol=tol, method="dopri5")[-1]
-        ab_min = 1 / (1 + sigma_min**2)
-        return self.denoise(y * math.sqrt(ab_min), torch.full((y.shape[0],), ab_min, dtype=y.dtype))
+        span = torch.tensor([sigma_top, 0.0], dtype=x_t.dtype)
+        return odeint(velocity, x_t * math.sqrt(1 + sigma_top**2), span, rtol=tol, atol=tol, method="dopri5")[-1]
 
 
 def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -122,3 +127,21 @@ def observed_order(steps: list[int], errors: list[float]) -> float:
     ly = torch.tensor([math.log(e) for e in errors], dtype=torch.float64)
     lx, ly = lx - lx.mean(), ly - ly.mean()
     return -float((lx * ly).sum() / (lx * lx).sum())
+
+
+def convergence_table(testbed, methods, steps_list, batch: int = 8, seed: int = 0) -> dict[str, list]:
+    """method -> [(NFE, RMSE against the testbed's reference x_0)] for each N in ``steps_list``.
+
+    For each N, x_T is drawn from the exact marginal at the top of that N's grid (the same draw
+    for every method) and its reference x_0 is computed once.
+    """
+    starts = []
+    for steps in steps_list:
+        t_top = float(time_grid(steps, testbed.schedule.T)[0])
+        x = testbed.prior(batch, t_top, torch.Generator().manual_seed(seed))
+        starts.append((steps, x, testbed.reference_x0(x, t_top)))
+    table = {}
+    for method in methods:
+        runs = [(solve(testbed.eps, x, method, steps, testbed.schedule), ref) for steps, x, ref in starts]
+        table[method] = [(run.nfe, rmse(run.x0, ref)) for run, ref in runs]
+    return table
