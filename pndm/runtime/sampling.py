@@ -74,6 +74,18 @@ class SampleRun:
         }
 
 
+def step_noise_generator(chunk: list[int], eta: float, engine: Engine) -> torch.Generator | None:
+    """The generator for DDIM's per-step noise (eta > 0), seeded by the batch's first seed.
+
+    Reruns are identical, but the solver draws one noise tensor per step for the whole batch, so
+    with eta > 0 an image depends on its batch's composition (x_T never does). Per-image step
+    noise needs the solvers to accept one generator per image.
+    """
+    if eta == 0:
+        return None
+    return torch.Generator(engine.device).manual_seed(chunk[0])
+
+
 def nfe_of(method: str, steps: int) -> int | None:
     """Model evaluations per image for ``method`` at ``steps`` (the solvers' formula; None if adaptive)."""
     from pndm.solvers import METHODS
@@ -120,7 +132,15 @@ def sample_seeds(
     try:
         for chunk in chunks:
             x_T = image_noise(chunk, engine.image_shape, engine.device)
-            x_0 = sample(timed, x_T, method, steps, schedule, eta=eta, generator=None)
+            x_0 = sample(
+                timed,
+                x_T,
+                method,
+                steps,
+                schedule,
+                eta=eta,
+                generator=step_noise_generator(chunk, eta, engine),
+            )
             outputs.append(x_0.float().cpu())
     finally:
         bar.close()

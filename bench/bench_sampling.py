@@ -1,0 +1,270 @@
+"""End-to-end CPU sampling benchmark: pndm-run's engines against diffusers' pipelines.
+
+One run, side by side, on the google/ddpm-cifar10-32 architecture (35.7M parameters, random
+weights: speed does not depend on training):
+
+1. a diffusers ``UNet2DModel`` of that config is saved with ``save_pretrained``;
+2. it is loaded through ``pndm.models.load`` and exported with ``pndm-export build
+   --precision bf16`` (fp32 ``unet.onnx`` + bf16 AOTInductor ``unet.bf16.pt2``);
+3. at equal NFE (29 = diffusers PNDM with 20 steps = our F-PNDM with 20 steps = DDIM with 29
+   steps) and batch 1 and 4, it times diffusers ``PNDMPipeline`` and ``DDIMPipeline`` and
+   pndm's sampling loop over the torch fp32, ONNX Runtime fp32 and bf16 .pt2 engines;
+4. it runs the accuracy checker on the bf16 and fp32 ONNX engines.
+
+Times are wall-clock seconds for a whole batch (noise, every model call, solver updates, the
+result on the CPU), after one warm-up run, the median of ``--repeats`` runs.
+
+    .venv/bin/python bench/bench_sampling.py --work build/bench --json build/bench/results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPES = REPO.parent / "shared" / "testdata" / "diffusers_ddpm_cifar10_state_dict_shapes.json"
+BIN = Path(sys.executable).parent
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def make_diffusers_unet(folder: Path) -> Path:
+    """A random-init UNet2DModel in the ddpm-cifar10-32 config, saved with save_pretrained."""
+    from diffusers import UNet2DModel
+
+    if (folder / "config.json").is_file():
+        return folder
+    config = json.loads(SHAPES.read_text())["config"]
+    torch.manual_seed(0)
+    UNet2DModel(**config).save_pretrained(folder)
+    return folder
+
+
+def export_engines(unet_dir: Path, out: Path) -> Path:
+    """pndm-export build --precision bf16: unet.onnx (fp32) and unet.bf16.pt2, batch 1..8."""
+    if (out / "unet.bf16.pt2").is_file() and (out / "manifest.json").is_file():
+        return out
+    cmd = [
+        str(BIN / "pndm-export"),
+        "build",
+        "--checkpoint",
+        str(unet_dir),
+        "--out",
+        str(out),
+        "--precision",
+        "bf16",
+        "--batch",
+        "1:4:8",
+        "--trt",
+        "off",
+    ]
+    log(" ".join(cmd))
+    subprocess.run(cmd, check=True)
+    return out
+
+
+def median_seconds(fn, repeats: int, warm_up: bool = True) -> float:
+    if warm_up:
+        fn()  # first-call allocations, ORT / AOTInductor lazy initialization
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def diffusers_runs(
+    unet_dir: Path, pndm_steps: int, ddim_steps: int, batches: list[int], repeats: int
+) -> list[dict]:
+    from diffusers import DDIMPipeline, DDIMScheduler, PNDMPipeline, PNDMScheduler, UNet2DModel
+
+    unet = UNet2DModel.from_pretrained(unet_dir).eval()
+    calls = []
+    unet.register_forward_pre_hook(lambda module, args: calls.append(1))  # counts NFE
+    pipes = {
+        "diffusers PNDMPipeline": (
+            PNDMPipeline(unet=unet, scheduler=PNDMScheduler(beta_schedule="linear")),
+            pndm_steps,
+        ),
+        "diffusers DDIMPipeline": (
+            DDIMPipeline(unet=unet, scheduler=DDIMScheduler(beta_schedule="linear")),
+            ddim_steps,
+        ),
+    }
+    rows = []
+    for name, (pipe, steps) in pipes.items():
+        pipe.set_progress_bar_config(disable=True)
+        for batch in batches:
+
+            def run(pipe=pipe, steps=steps, batch=batch):
+                with torch.inference_mode():
+                    pipe(
+                        batch_size=batch,
+                        num_inference_steps=steps,
+                        generator=torch.Generator().manual_seed(0),
+                        output_type="np",
+                    )
+
+            calls.clear()
+            run()  # the warm-up, counting model calls
+            nfe = len(calls)
+            seconds = median_seconds(run, repeats, warm_up=False)
+            rows.append(
+                {
+                    "runner": name,
+                    "engine": "torch fp32 eager",
+                    "steps": steps,
+                    "nfe": nfe,
+                    "batch": batch,
+                    "seconds": seconds,
+                }
+            )
+            log(f"{name} batch {batch}: {seconds:.2f} s (NFE {nfe})")
+    return rows
+
+
+def pndm_runs(engines: dict, method: str, steps: int, batches: list[int], repeats: int) -> list[dict]:
+    from pndm.runtime.sampling import sample_seeds
+
+    rows = []
+    for name, engine in engines.items():
+        for batch in batches:
+            seeds = list(range(batch))
+            last = {}
+
+            def run(engine=engine, seeds=seeds, batch=batch, last=last):
+                last["run"] = sample_seeds(
+                    engine, seeds, method=method, steps=steps, batch=batch, progress=False
+                )
+
+            seconds = median_seconds(run, repeats)
+            rows.append(
+                {
+                    "runner": f"pndm-run {method}",
+                    "engine": name,
+                    "steps": steps,
+                    "nfe": last["run"].nfe,
+                    "batch": batch,
+                    "seconds": seconds,
+                    "latency_per_nfe_ms": last["run"].stats()["latency_per_nfe_ms"],
+                }
+            )
+            log(f"pndm-run {name} batch {batch}: {seconds:.2f} s")
+    return rows
+
+
+def checks(engines: dict, reference, steps: int) -> dict:
+    from pndm.runtime.checker import check_engine
+
+    results = {}
+    for name, engine in engines.items():
+        if engine.backend == "torch":
+            continue
+        report = check_engine(
+            engine, reference, list(range(4)), method="f-pndm", steps=steps, batch=4, progress=False
+        )
+        d = report.to_dict()
+        results[name] = {
+            "passed": d["passed"],
+            "failures": d["failures"],
+            "worst_rel_l2": d["lockstep"]["worst_rel_l2"],
+            **d["images"],
+        }
+        log(
+            f"check {name}: {'PASS' if d['passed'] else 'FAIL'} rel L2 {d['lockstep']['worst_rel_l2']:.2e} "
+            f"max grey diff {d['images'].get('max_grey_diff')}"
+        )
+    return results
+
+
+def machine() -> dict:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+            if line.startswith("Model name")
+        ),
+        platform.processor(),
+    )
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[:3]
+    return {
+        "cpu": model,
+        "cores": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "load_average_at_start": load,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def markdown(results: dict) -> str:
+    rows = results["timings"]
+    base = {r["batch"]: r["seconds"] for r in rows if r["runner"] == "diffusers PNDMPipeline"}
+    lines = [
+        "| runner | engine | NFE | batch | s / batch | images/s | ms / NFE | vs PNDMPipeline |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in sorted(rows, key=lambda r: (r["batch"], -r["seconds"])):
+        per_nfe = r["seconds"] / r["nfe"] * 1e3
+        lines.append(
+            f"| {r['runner']} | {r['engine']} | {r['nfe']} | {r['batch']} | {r['seconds']:.2f} | "
+            f"{r['batch'] / r['seconds']:.2f} | {per_nfe:.0f} | {base[r['batch']] / r['seconds']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=REPO / "build" / "bench",
+        help="folder for the diffusers UNet and the engines (default: build/bench)",
+    )
+    parser.add_argument("--steps", type=int, default=20, help="F-PNDM / diffusers PNDM steps (default: 20)")
+    parser.add_argument("--batches", default="1,4", help="batch sizes (default: 1,4)")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="timed runs per point after a warm-up (default: 2)"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write the results here (default: none)")
+    args = parser.parse_args(argv)
+    from pndm.fileio import atomic_write_text
+    from pndm.runtime import load_engine
+    from pndm.runtime.sampling import nfe_of
+
+    batches = [int(b) for b in args.batches.split(",")]
+    results = {"machine": machine(), "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])}
+    unet_dir = make_diffusers_unet(args.work / "diffusers-unet")
+    engine_dir = export_engines(unet_dir, args.work / "engines")
+    nfe = nfe_of("f-pndm", args.steps)
+    engines = {
+        "torch fp32 eager": load_engine(unet_dir, device="cpu"),
+        "ONNX Runtime fp32": load_engine(engine_dir / "unet.onnx", device="cpu"),
+        "AOTInductor bf16 (.pt2)": load_engine(engine_dir / "unet.bf16.pt2", device="cpu"),
+    }
+    results["timings"] = diffusers_runs(unet_dir, args.steps, nfe, batches, args.repeats)
+    results["timings"] += pndm_runs(engines, "f-pndm", args.steps, batches, args.repeats)
+    results["checks"] = checks(engines, engines["torch fp32 eager"], args.steps)
+    results["markdown"] = markdown(results)
+    print(results["markdown"])
+    print(json.dumps(results["checks"], indent=2))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
