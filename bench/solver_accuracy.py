@@ -41,16 +41,16 @@ def _print_table(title: str, testbed, steps_list, batch: int) -> None:
 @click.option("--batch", default=8, show_default=True, help="Samples per testbed and N.")
 @click.option("--schedule", "schedule_name", default="linear", show_default=True,
               type=click.Choice(SCHEDULE_NAMES), help="Noise schedule (T=1000).")
-@click.option("--threads", default=1, show_default=True, help="torch CPU threads (tiny tensors: 1 is fastest).")
+@click.option("--threads", default=1, show_default=True, help="torch CPU threads (1 is fastest here).")
 def main(steps: str, batch: int, schedule_name: str, threads: int) -> None:
     """Print RMSE-vs-N tables with observed orders for every deterministic sampler."""
     torch.set_num_threads(threads)
     steps_list = [int(s) for s in steps.split(",")]
     schedule = make_schedule(schedule_name, 1000)
-    _print_table("Gaussian data x0 ~ N(mu, s^2), mu in [-0.5, 0.5], s in [0.3, 0.7], 3x8x8, exact PF-ODE endpoint",
-                 GaussianTestbed.random(schedule), steps_list, batch)
-    _print_table("Finite dataset (8 points in [-1,1]^16, spread 0.2), ideal denoiser, reference dopri5 tol 1e-10",
-                 FiniteDataTestbed.random(schedule), steps_list, batch)
+    gaussian = "Gaussian x0 ~ N(mu, s^2), mu in [-0.5, 0.5], s in [0.3, 0.7], 3x8x8, exact PF-ODE endpoint"
+    _print_table(gaussian, GaussianTestbed.random(schedule), steps_list, batch)
+    finite = "Finite dataset (8 points in [-1,1]^16, spread 0.2), ideal denoiser, reference dopri5 tol 1e-10"
+    _print_table(finite, FiniteDataTestbed.random(schedule), steps_list, batch)
 
 
 if __name__ == "__main__":

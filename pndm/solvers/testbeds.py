@@ -113,7 +113,8 @@ class FiniteDataTestbed:
             return self.eps_at(y * ab.sqrt(), ab.expand(y.shape[0]))
 
         span = torch.tensor([sigma_top, 0.0], dtype=x_t.dtype)
-        return odeint(velocity, x_t * math.sqrt(1 + sigma_top**2), span, rtol=tol, atol=tol, method="dopri5")[-1]
+        y_top = x_t * math.sqrt(1 + sigma_top**2)
+        return odeint(velocity, y_top, span, rtol=tol, atol=tol, method="dopri5")[-1]
 
 
 def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
