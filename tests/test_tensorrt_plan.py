@@ -116,8 +116,17 @@ def test_no_builder_without_cuda(tmp_path):
 
 
 class _Layer:
-    def __init__(self, type, op):
-        self.type, self.op, self.num_outputs, self.precision, self.outputs = type, op, 1, None, {}
+    def __init__(self, type, op, inputs, output):
+        self.type, self.op, self.precision, self.outputs = type, op, None, {}
+        self.inputs = [SimpleNamespace(name=name) for name in inputs]
+        self.output = SimpleNamespace(name=output)
+        self.num_inputs, self.num_outputs = len(inputs), 1
+
+    def get_input(self, index):
+        return self.inputs[index]
+
+    def get_output(self, index):
+        return self.output
 
     def set_output_type(self, index, dtype):
         self.outputs[index] = dtype
@@ -136,8 +145,15 @@ class _Recorder:
         self.LayerType = SimpleNamespace(NORMALIZATION="norm", SOFTMAX="softmax", UNARY="unary")
         self.UnaryOperation = SimpleNamespace(SIN="sin", COS="cos", EXP="exp")
         self.float32 = "float32"
-        self.layers = [_Layer(t, op) for t, op in (("conv", None), ("norm", None), ("unary", "sin"),
-                                                   ("unary", "exp"))]
+        self.LayerType.ELEMENTWISE, self.LayerType.CONSTANT = "elementwise", "constant"
+        self.layers = [_Layer(*spec) for spec in (
+            ("constant", None, [], "freqs"),
+            ("elementwise", None, ["t", "freqs"], "args"),  # t * freq: upstream of sin, must be fp32
+            ("unary", "sin", ["args"], "sin"),
+            ("conv", None, ["x"], "h"),
+            ("norm", None, ["h"], "hn"),
+            ("unary", "exp", ["hn"], "e"),
+        )]
 
         class IUnaryLayer(_Layer):  # the API layer downcasts unary layers to read .op
             pass
@@ -221,7 +237,8 @@ def test_api_layer_replays_the_plan(tmp_path, monkeypatch, strongly_typed):
     assert ("config.builder_optimization_level", 3) in fake.calls
     assert ("create_timing_cache", b"old cache") in fake.calls
     pinned = [layer.type for layer in fake.layers if layer.precision == layer.outputs.get(0) == "float32"]
-    assert pinned == ([] if strongly_typed else ["norm", "unary"])  # conv and exp stay free
+    # conv and exp stay free; t * freq and its constant are pinned with sin
+    assert pinned == ([] if strongly_typed else ["constant", "elementwise", "unary", "norm"])
     assert entry["gpu"] == "Fake GPU" and entry["lean"] and entry["precision"] == "fp16"
 
 

@@ -10,8 +10,9 @@ The two API generations:
   (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``), so an fp16 plan is parsed from
   ``unet.fp16.onnx``, whose casts already carry the precision policy.
 * TensorRT 10 (JetPack 6 ships 10.3) builds from the fp32 ``unet.onnx`` with ``BuilderFlag.FP16``
-  and ``OBEY_PRECISION_CONSTRAINTS``, pinning normalization, softmax and sin/cos layers to
-  fp32 (the same fp32 islands as the fp16 ONNX, see :mod:`pndm.export.precision`).
+  and ``OBEY_PRECISION_CONSTRAINTS``, pinning normalization, softmax, sin/cos and the layers
+  computing sin/cos's argument to fp32 (the same fp32 islands as the fp16 ONNX, see
+  :mod:`pndm.export.precision`).
 
 ``--lean`` adds ``VERSION_COMPATIBLE`` + ``EXCLUDE_LEAN_RUNTIME``: the plan runs on the
 ``tensorrt_lean`` runtime of the same or a newer TensorRT. No Builder or Runtime is created
@@ -55,7 +56,9 @@ BUILDER_API: dict[str, tuple[str, ...]] = {
                        "create_timing_cache", "set_timing_cache", "get_timing_cache"),
     "IOptimizationProfile": ("set_shape",),
     "INetworkDefinition": ("num_layers", "get_layer"),
-    "ILayer": ("type", "precision", "num_outputs", "set_output_type"),
+    "ILayer": ("type", "precision", "num_inputs", "num_outputs", "get_input", "get_output",
+               "set_output_type"),
+    "ITensor": ("name",),
     "OnnxParser": ("parse_from_file", "num_errors", "get_error"),
 }
 
@@ -174,19 +177,37 @@ def import_builder():
 
 
 def _apply_precision_constraints(trt: Any, network: Any, plan: TrtBuildPlan) -> int:
-    """Pin the fp32 islands (TensorRT 10 weakly typed builds); return how many layers were pinned."""
+    """Pin the fp32 islands (TensorRT 10 weakly typed builds); return how many layers were pinned.
+
+    Normalization and softmax layers are pinned; sin/cos layers with every layer upstream of
+    them, since the argument t * freq (up to ~1000) must not be formed in fp16 either.
+    """
     layer_types = {getattr(trt.LayerType, name) for name in plan.fp32_layer_types}
     unary_ops = {getattr(trt.UnaryOperation, name) for name in plan.fp32_unary_ops}
-    pinned = 0
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        is_pinned_unary = layer.type == trt.LayerType.UNARY and _unary_op(trt, layer) in unary_ops
-        if layer.type in layer_types or is_pinned_unary:
-            layer.precision = trt.float32
-            for j in range(layer.num_outputs):
-                layer.set_output_type(j, trt.float32)
-            pinned += 1
-    return pinned
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    producer = {layer.get_output(j).name: layer for layer in layers for j in range(layer.num_outputs)}
+    pinned: dict[int, Any] = {}
+
+    def pin_with_ancestors(layer) -> None:
+        """Pin ``layer`` and everything that computes its inputs (t * freq before sin/cos)."""
+        if id(layer) in pinned:
+            return
+        pinned[id(layer)] = layer
+        for k in range(layer.num_inputs):
+            tensor = layer.get_input(k)
+            if tensor is not None and tensor.name in producer:
+                pin_with_ancestors(producer[tensor.name])
+
+    for layer in layers:
+        if layer.type in layer_types:
+            pinned[id(layer)] = layer
+        elif layer.type == trt.LayerType.UNARY and _unary_op(trt, layer) in unary_ops:
+            pin_with_ancestors(layer)
+    for layer in pinned.values():
+        layer.precision = trt.float32
+        for j in range(layer.num_outputs):
+            layer.set_output_type(j, trt.float32)
+    return len(pinned)
 
 
 def _unary_op(trt: Any, layer: Any):
