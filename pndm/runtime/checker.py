@@ -46,8 +46,8 @@ class Thresholds:
 # with margin (the numbers are in docs/RUNTIME.md).
 THRESHOLDS = {
     "fp32": Thresholds(lockstep_rel_l2=1e-4, max_grey_diff=1, mean_grey_diff=0.05, min_psnr_db=50.0),
-    "fp16": Thresholds(lockstep_rel_l2=2e-2, max_grey_diff=255, mean_grey_diff=1.5, min_psnr_db=35.0),
-    "bf16": Thresholds(lockstep_rel_l2=2e-2, max_grey_diff=255, mean_grey_diff=1.5, min_psnr_db=35.0),
+    "fp16": Thresholds(lockstep_rel_l2=1e-2, max_grey_diff=255, mean_grey_diff=1.0, min_psnr_db=35.0),
+    "bf16": Thresholds(lockstep_rel_l2=3e-2, max_grey_diff=255, mean_grey_diff=1.0, min_psnr_db=35.0),
 }
 
 
@@ -237,7 +237,11 @@ def check_engine(
             f"model as the candidate ({candidate.image_shape}, {candidate.schedule_name} T={candidate.T}): "
             "give the matching --reference"
         )
-    precision = candidate.precision if candidate.precision in THRESHOLDS else "fp16"
+    precision = candidate.precision
+    if precision not in THRESHOLDS:
+        raise EngineError(
+            f"the checker has no thresholds for precision {precision!r} (known: {', '.join(THRESHOLDS)})"
+        )
     chunks = batches(seeds, batch)
     for size in sorted({len(c) for c in chunks}):
         candidate.check_batch(size)
