@@ -163,6 +163,30 @@ def test_fp32_limit_names_the_numbers():
         require_fp32_agreement("unet.onnx", {"rel_l2": float("nan"), "max_abs": 0.0})
 
 
+def test_non_finite_eps_is_refused():
+    from pndm.export.verify import compare, require_finite
+
+    reference = torch.ones(2, 3, 4, 4)
+    candidate = reference.clone()
+    candidate[1, 0, 0, 0] = float("inf")
+    stats = compare(candidate, reference, torch.tensor([5.0, 700.0]), 1000)
+    with pytest.raises(PndmError, match="unet.fp16.onnx produces non-finite eps"):
+        require_finite("unet.fp16.onnx", stats)
+    require_finite("unet.fp16.onnx", compare(reference, reference, torch.tensor([5.0, 700.0]), 1000))
+
+
+def test_error_per_t_range():
+    from pndm.export.verify import compare
+
+    reference = torch.ones(4, 1, 2, 2)
+    candidate = reference.clone()
+    candidate[3] += 0.5  # only the pair at t = 950 is off
+    stats = compare(candidate, reference, torch.tensor([0.0, 150.0, 450.0, 950.0]), 1000)
+    assert [row["t"] for row in stats["by_t"]] == [[0, 100], [100, 300], [300, 600], [600, 1000]]
+    assert [row["rel_l2"] for row in stats["by_t"]] == [0.0, 0.0, 0.0, 0.5]
+    assert stats["by_t"][3]["max_abs"] == 0.5 and stats["rel_l2"] == pytest.approx(0.25)
+
+
 def test_output_path_that_is_a_file_is_refused(tmp_path):
     target = tmp_path / "file"
     target.write_text("")

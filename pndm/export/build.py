@@ -40,6 +40,7 @@ from pndm.export.verify import (
     evaluate,
     format_table,
     onnxruntime_eps,
+    require_finite,
     require_fp32_agreement,
 )
 from pndm.fileio import sha256_file
@@ -186,6 +187,7 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
             verification[name] = _verify(onnxruntime_eps(staging / name), pairs, spec.T, options.batch)
             if precision == "fp32":
                 require_fp32_agreement(name, verification[name])
+            require_finite(name, verification[name])
             manifest["engines"][name] = {**entry, "sha256": sha256_file(staging / name)}
             files.append(name)
 
@@ -197,6 +199,7 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
             seconds = round(time.perf_counter() - started, 1)
             stage(f"verifying {name} on {len(pairs)} calibration pairs")
             verification[name] = _verify(load_aoti(staging / name), pairs, spec.T, options.batch)
+            require_finite(name, verification[name])
             manifest["engines"][name] = {"kind": "aoti", "precision": "bf16", "device": "cpu",
                                          "build_seconds": seconds, "sha256": sha256_file(staging / name)}
             files.append(name)

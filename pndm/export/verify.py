@@ -6,6 +6,7 @@ relative L2 = ||eps_engine - eps_ref||_2 / ||eps_ref||_2 and max abs = max |eps_
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,6 +68,15 @@ def require_fp32_agreement(name: str, stats: dict, limit: float = FP32_REL_L2_LI
         raise PndmError(
             f"{name} disagrees with the PyTorch model: relative L2 {stats['rel_l2']:.3g} > {limit:g} "
             f"(max abs {stats['max_abs']:.3g}); the export is wrong, report it with the model config"
+        )
+
+
+def require_finite(name: str, stats: dict) -> None:
+    """A reduced-precision engine whose eps overflows (inf/nan) is unusable, whatever its other errors."""
+    if not math.isfinite(stats["rel_l2"]):
+        raise PndmError(
+            f"{name} produces non-finite eps on the calibration pairs (an overflow in reduced precision); "
+            "export with --precision fp32 or bf16 instead"
         )
 
 
