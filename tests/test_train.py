@@ -88,3 +88,27 @@ def test_bad_data_is_refused(tmp_path):
         load_images(str(bad_idx))
     with pytest.raises(PndmError, match="named source"):
         load_images("no-such-dataset")
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(digits_npz, tmp_path):
+    """Data-parallel training with 2 gloo processes writes a checkpoint that loads; resume keeps both RNGs."""
+    import os
+    import subprocess
+    import sys
+
+    from pndm.models.architectures import build_model
+
+    out = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master-port=0"]
+    args = ["-m", "pndm.train", "--data", str(digits_npz), "--arch", "tiny28", "--out", str(out), "--batch", "4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for steps, extra in ((2, []), (4, ["--resume"])):
+        done = subprocess.run([*torchrun, *args, "--steps", str(steps), *extra], env=env,
+                              capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr[-2000:]
+    state, config = load_checkpoint(out / "ema.safetensors")
+    assert config["training"]["world_size"] == 2 and config["training"]["step"] == 4
+    build_model("ddpm", config["model"]).load_state_dict(state)
+    train_state, _ = load_checkpoint(out / "train_state.safetensors")
+    assert not torch.equal(train_state["rng.batches.0"], train_state["rng.batches.1"])

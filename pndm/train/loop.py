@@ -131,14 +131,24 @@ class Trainer:
             "training": {**asdict(self.config), "step": self.step, "world_size": self.world},
         }
 
+    def _batch_rng_states(self) -> list[torch.Tensor]:
+        """Every rank's batch-generator state (gathered to all ranks under torchrun)."""
+        state = self.generator.get_state()
+        if self.world == 1:
+            return [state]
+        gathered = [torch.empty_like(state) for _ in range(self.world)]
+        dist.all_gather_object(gathered, state)
+        return gathered
+
     def save(self) -> None:
+        rng_states = self._batch_rng_states()  # collective: every rank takes part
         if self.rank != 0:
             return
         config = self._checkpoint_config()
         save_checkpoint(self.out / "model.safetensors", self.model.state_dict(), config)
         save_checkpoint(self.out / "ema.safetensors", self.ema, config)
-        state = {"step": torch.tensor(self.step), "rng.torch": torch.get_rng_state(),
-                 "rng.batches": self.generator.get_state()}
+        state = {"step": torch.tensor(self.step), "rng.torch": torch.get_rng_state()}
+        state.update({f"rng.batches.{rank}": s for rank, s in enumerate(rng_states)})
         for i, param_state in self.optimizer.state_dict()["state"].items():
             for key, value in param_state.items():
                 state[f"optim.{i}.{key}"] = torch.as_tensor(value)
@@ -156,7 +166,13 @@ class Trainer:
         state, _ = load_checkpoint(state_path)
         self.step = int(state["step"])
         torch.set_rng_state(state["rng.torch"])
-        self.generator.set_state(state["rng.batches"])
+        saved_world = sum(key.startswith("rng.batches.") for key in state)
+        if saved_world != self.world:
+            raise PndmError(
+                f"--resume: the run in {self.out} was trained with {saved_world} process(es), "
+                f"this one has {self.world}; resume with the same --nproc_per_node"
+            )
+        self.generator.set_state(state[f"rng.batches.{self.rank}"])
         optim_state = self.optimizer.state_dict()
         for key, value in state.items():
             if key.startswith("optim."):
