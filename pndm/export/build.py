@@ -100,7 +100,8 @@ def check_out_dir(out: Path) -> None:
         raise PndmError(f"--out {out} is a file, not a directory; choose a directory path")
     existing = next(p for p in (out, *out.parents) if p.exists())
     if not existing.is_dir():
-        raise PndmError(f"output directory {out} is not writable ({existing} is a file); pick another --out")
+        problem = f"{existing} is a file"
+        raise PndmError(f"output directory {out} is not writable ({problem}); choose another --out")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PndmError(f"output directory {out} is not writable (permission denied); choose another --out")
 
