@@ -12,7 +12,8 @@ weights: speed does not depend on training):
 4. it runs the accuracy checker on the bf16 and fp32 ONNX engines.
 
 Times are wall-clock seconds for a whole batch (noise, every model call, solver updates, the
-result on the CPU), after one warm-up run, the median of ``--repeats`` runs.
+result on the CPU): every configuration is warmed up once, then all are timed round-robin
+``--repeats`` times (so a shared machine's changing load hits them alike); the median is kept.
 
     .venv/bin/python bench/bench_sampling.py --work build/bench --json build/bench/results.json
 """
@@ -26,6 +27,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -74,20 +77,20 @@ def export_engines(unet_dir: Path, out: Path) -> Path:
     return out
 
 
-def median_seconds(fn, repeats: int, warm_up: bool = True) -> float:
-    if warm_up:
-        fn()  # first-call allocations, ORT / AOTInductor lazy initialization
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+@dataclass
+class Case:
+    """One timed configuration: a runner over an engine at a batch size."""
+
+    runner: str
+    engine: str
+    steps: int
+    batch: int
+    run: Callable[[], int]  # samples one batch, returns the model calls it made
+    nfe: int = 0
+    times: list = field(default_factory=list)
 
 
-def diffusers_runs(
-    unet_dir: Path, pndm_steps: int, ddim_steps: int, batches: list[int], repeats: int
-) -> list[dict]:
+def diffusers_cases(unet_dir: Path, pndm_steps: int, ddim_steps: int, batches: list[int]) -> list[Case]:
     from diffusers import DDIMPipeline, DDIMScheduler, PNDMPipeline, PNDMScheduler, UNet2DModel
 
     unet = UNet2DModel.from_pretrained(unet_dir).eval()
@@ -103,12 +106,13 @@ def diffusers_runs(
             ddim_steps,
         ),
     }
-    rows = []
+    cases = []
     for name, (pipe, steps) in pipes.items():
         pipe.set_progress_bar_config(disable=True)
         for batch in batches:
 
             def run(pipe=pipe, steps=steps, batch=batch):
+                calls.clear()
                 with torch.inference_mode():
                     pipe(
                         batch_size=batch,
@@ -116,53 +120,55 @@ def diffusers_runs(
                         generator=torch.Generator().manual_seed(0),
                         output_type="np",
                     )
+                return len(calls)
 
-            calls.clear()
-            run()  # the warm-up, counting model calls
-            nfe = len(calls)
-            seconds = median_seconds(run, repeats, warm_up=False)
-            rows.append(
-                {
-                    "runner": name,
-                    "engine": "torch fp32 eager",
-                    "steps": steps,
-                    "nfe": nfe,
-                    "batch": batch,
-                    "seconds": seconds,
-                }
-            )
-            log(f"{name} batch {batch}: {seconds:.2f} s (NFE {nfe})")
-    return rows
+            cases.append(Case(name, "torch fp32 eager", steps, batch, run))
+    return cases
 
 
-def pndm_runs(engines: dict, method: str, steps: int, batches: list[int], repeats: int) -> list[dict]:
+def pndm_cases(engines: dict, method: str, steps: int, batches: list[int]) -> list[Case]:
     from pndm.runtime.sampling import sample_seeds
 
-    rows = []
+    cases = []
     for name, engine in engines.items():
         for batch in batches:
-            seeds = list(range(batch))
-            last = {}
 
-            def run(engine=engine, seeds=seeds, batch=batch, last=last):
-                last["run"] = sample_seeds(
-                    engine, seeds, method=method, steps=steps, batch=batch, progress=False
+            def run(engine=engine, batch=batch):
+                result = sample_seeds(
+                    engine, list(range(batch)), method=method, steps=steps, batch=batch, progress=False
                 )
+                return result.model_calls
 
-            seconds = median_seconds(run, repeats)
-            rows.append(
-                {
-                    "runner": f"pndm-run {method}",
-                    "engine": name,
-                    "steps": steps,
-                    "nfe": last["run"].nfe,
-                    "batch": batch,
-                    "seconds": seconds,
-                    "latency_per_nfe_ms": last["run"].stats()["latency_per_nfe_ms"],
-                }
-            )
-            log(f"pndm-run {name} batch {batch}: {seconds:.2f} s")
-    return rows
+            cases.append(Case(f"pndm-run {method}", name, steps, batch, run))
+    return cases
+
+
+def time_cases(cases: list[Case], repeats: int) -> list[dict]:
+    """Warm every case up once (counting its NFE), then time them round-robin ``repeats`` times.
+
+    Round-robin spreads the load of a shared machine evenly over the runners being compared.
+    """
+    for case in cases:
+        case.nfe = case.run()
+        log(f"warm-up {case.runner} / {case.engine} / batch {case.batch}: NFE {case.nfe}")
+    for r in range(repeats):
+        for case in cases:
+            start = time.perf_counter()
+            case.run()
+            case.times.append(time.perf_counter() - start)
+        log(f"round {r + 1}/{repeats} done")
+    return [
+        {
+            "runner": c.runner,
+            "engine": c.engine,
+            "steps": c.steps,
+            "nfe": c.nfe,
+            "batch": c.batch,
+            "seconds": statistics.median(c.times),
+            "all_seconds": c.times,
+        }
+        for c in cases
+    ]
 
 
 def checks(engines: dict, reference, steps: int) -> dict:
@@ -255,8 +261,10 @@ def main(argv=None) -> int:
         "ONNX Runtime fp32": load_engine(engine_dir / "unet.onnx", device="cpu"),
         "AOTInductor bf16 (.pt2)": load_engine(engine_dir / "unet.bf16.pt2", device="cpu"),
     }
-    results["timings"] = diffusers_runs(unet_dir, args.steps, nfe, batches, args.repeats)
-    results["timings"] += pndm_runs(engines, "f-pndm", args.steps, batches, args.repeats)
+    cases = diffusers_cases(unet_dir, args.steps, nfe, batches) + pndm_cases(
+        engines, "f-pndm", args.steps, batches
+    )
+    results["timings"] = time_cases(cases, args.repeats)
     results["checks"] = checks(engines, engines["torch fp32 eager"], args.steps)
     results["markdown"] = markdown(results)
     print(results["markdown"])

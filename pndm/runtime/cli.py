@@ -210,7 +210,7 @@ def sample(engine_path, method, steps, num, batch, seed, eta, out, fmt, device, 
 @click.option("--method", type=MethodChoice(), default="f-pndm", show_default=True, help="Solver.")
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Solver steps N.")
 @click.option(
-    "--num", type=click.IntRange(min=1), default=4, show_default=True, help="Number of images compared."
+    "-n", "--num", type=click.IntRange(min=1), default=4, show_default=True, help="Number of images compared."
 )
 @click.option(
     "--batch", type=click.IntRange(min=1), default=4, show_default=True, help="Images per engine call."
