@@ -69,6 +69,49 @@ def _device_for_rank(device: str, local_rank: int, world_size: int) -> str:
     return device
 
 
+def _write_outputs(env, folder: Path, fmt: str, engine, my_seeds: list[int], run, eta: float) -> dict | None:
+    """Each rank writes its PNGs; rank 0 gathers everything and writes npz, grid.png, run.json.
+
+    Returns run.json's content on rank 0, None on the other ranks.
+    """
+    from pndm.images import to_uint8
+    from pndm.runtime.distributed import gather_to_main
+    from pndm.runtime.outputs import versions, write_grid, write_json, write_npz, write_pngs
+
+    channels, height, width = engine.image_shape
+    pixels = to_uint8(run.images) if run else torch.zeros(0, height, width, channels, dtype=torch.uint8)
+    if fmt == "png":
+        write_pngs(pixels, my_seeds, folder)
+    gathered = gather_to_main(env, (my_seeds, pixels, run.stats() if run else None))
+    if not env.is_main:
+        return None
+    seeds = [s for part in gathered for s in part[0]]
+    order = sorted(range(len(seeds)), key=seeds.__getitem__)
+    all_pixels = torch.cat([part[1] for part in gathered])[order]
+    seeds = [seeds[i] for i in order]
+    if fmt == "npz":
+        write_npz(all_pixels, seeds, folder)
+    write_grid(all_pixels, folder)
+    rank_stats = [part[2] for part in gathered if part[2]]
+    wall = max(s["wall_seconds"] for s in rank_stats)
+    summary = {
+        **rank_stats[0],
+        "num_images": len(seeds),
+        "seeds": {"first": seeds[0], "count": len(seeds)},
+        "eta": eta,
+        "wall_seconds": wall,
+        "images_per_second": len(seeds) / wall if wall > 0 else None,
+        "world_size": env.world_size,
+        **({"ranks": rank_stats} if env.world_size > 1 else {}),
+        "format": fmt,
+        "engine": engine.describe(),
+        "versions": versions(),
+        "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    write_json(_json_safe(summary), folder / "run.json")
+    return summary
+
+
 @click.command()
 @click.option("--engine", "engine_path", required=True, help=ENGINE_HELP)
 @click.option("--method", type=MethodChoice(), default="f-pndm", show_default=True, help="Solver.")
@@ -133,10 +176,8 @@ def sample(engine_path, method, steps, num, batch, seed, eta, out, fmt, device, 
     Works under ``torchrun --nproc_per_node=K``: the seeds are split across ranks and rank 0
     writes grid.png and run.json.
     """
-    from pndm.images import to_uint8
-    from pndm.runtime.distributed import gather_to_main, process_group
+    from pndm.runtime.distributed import process_group
     from pndm.runtime.loader import load_engine
-    from pndm.runtime.outputs import versions, write_grid, write_json, write_npz, write_pngs
     from pndm.runtime.sampling import sample_seeds
     from pndm.runtime.seeds import dist_env, seed_list, shard_seeds
 
@@ -161,39 +202,12 @@ def sample(engine_path, method, steps, num, batch, seed, eta, out, fmt, device, 
             if my_seeds
             else None
         )
-        channels, height, width = engine.image_shape
-        pixels = to_uint8(run.images) if run else torch.zeros(0, height, width, channels, dtype=torch.uint8)
-        if fmt == "png":
-            write_pngs(pixels, my_seeds, folder)
-        gathered = gather_to_main(env, (my_seeds, pixels, run.stats() if run else None))
-        if not env.is_main:
-            return
-        seeds = [s for part in gathered for s in part[0]]
-        order = sorted(range(len(seeds)), key=seeds.__getitem__)
-        all_pixels = torch.cat([part[1] for part in gathered])[order]
-        seeds = [seeds[i] for i in order]
-        if fmt == "npz":
-            write_npz(all_pixels, seeds, folder)
-        write_grid(all_pixels, folder)
-        rank_stats = [part[2] for part in gathered if part[2]]
-        wall = max(s["wall_seconds"] for s in rank_stats)
-        summary = {
-            **rank_stats[0],
-            "num_images": len(seeds),
-            "seeds": {"first": seeds[0], "count": len(seeds)},
-            "eta": eta,
-            "wall_seconds": wall,
-            "images_per_second": len(seeds) / wall if wall > 0 else None,
-            "world_size": env.world_size,
-            **({"ranks": rank_stats} if env.world_size > 1 else {}),
-            "format": fmt,
-            "engine": engine.describe(),
-            "versions": versions(),
-            "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
-        write_json(_json_safe(summary), folder / "run.json")
+        summary = _write_outputs(env, folder, fmt, engine, my_seeds, run, eta)
+    if summary is None:
+        return
+    seeds = summary["seeds"]
     click.echo(
-        f"wrote {len(seeds)} images to {folder} ({method}, {steps} steps, NFE {summary['nfe']}, "
+        f"wrote {seeds['count']} images to {folder} ({method}, {steps} steps, NFE {summary['nfe']}, "
         f"{summary['latency_per_nfe_ms']:.1f} ms per NFE, {summary['images_per_second']:.2f} images/s)",
         err=True,
     )
