@@ -246,19 +246,27 @@ def main(argv=None) -> int:
         "--repeats", type=int, default=2, help="timed runs per point after a warm-up (default: 2)"
     )
     parser.add_argument("--json", type=Path, default=None, help="write the results here (default: none)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for every runner: torch and ONNX Runtime (default: one per core)",
+    )
     args = parser.parse_args(argv)
     from pndm.fileio import atomic_write_text
     from pndm.runtime import load_engine
     from pndm.runtime.sampling import nfe_of
 
     batches = [int(b) for b in args.batches.split(",")]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     results = {"machine": machine(), "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])}
     unet_dir = make_diffusers_unet(args.work / "diffusers-unet")
     engine_dir = export_engines(unet_dir, args.work / "engines")
     nfe = nfe_of("f-pndm", args.steps)
     engines = {
         "torch fp32 eager": load_engine(unet_dir, device="cpu"),
-        "ONNX Runtime fp32": load_engine(engine_dir / "unet.onnx", device="cpu"),
+        "ONNX Runtime fp32": load_engine(engine_dir / "unet.onnx", device="cpu", threads=args.threads),
         "AOTInductor bf16 (.pt2)": load_engine(engine_dir / "unet.bf16.pt2", device="cpu"),
     }
     cases = diffusers_cases(unet_dir, args.steps, nfe, batches) + pndm_cases(

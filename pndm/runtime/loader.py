@@ -105,9 +105,17 @@ def load_torch_model(source: str | Path, device="auto") -> Engine:
 
 
 def load_engine(
-    path: str | Path, device: str | torch.device | None = "auto", *, cuda_graph: bool = True
+    path: str | Path,
+    device: str | torch.device | None = "auto",
+    *,
+    cuda_graph: bool = True,
+    threads: int | None = None,
 ) -> Engine:
-    """Load an engine file, engine directory, checkpoint or model name as an eps callable (see module doc)."""
+    """Load an engine file, engine directory, checkpoint or model name as an eps callable (see module doc).
+
+    ``cuda_graph``: TensorRT only. ``threads``: ONNX Runtime's intra-op threads on the CPU
+    (default: one per core); the torch and AOTInductor backends use torch's thread count.
+    """
     path = Path(path)
     if path.is_dir() and (path / MANIFEST_NAME).is_file():
         path = path / DEFAULT_ENGINE
@@ -132,7 +140,7 @@ def load_engine(
     if kind == "onnx":
         from pndm.runtime.engines.ort_engine import OrtEngine
 
-        return OrtEngine(info, dev, input_names=inputs, output_name=output)
+        return OrtEngine(info, dev, input_names=inputs, output_name=output, threads=threads)
     from pndm.runtime.engines.trt_engine import TrtEngine
 
     return TrtEngine(info, dev, input_names=inputs, output_name=output, cuda_graph=cuda_graph)

@@ -65,13 +65,21 @@ class OrtEngine(Engine):
 
     backend = "onnxruntime"
 
-    def __init__(self, info: EngineInfo, device: torch.device, *, input_names=("x", "t"), output_name="eps"):
+    def __init__(
+        self,
+        info: EngineInfo,
+        device: torch.device,
+        *,
+        input_names=("x", "t"),
+        output_name="eps",
+        threads: int | None = None,
+    ):
         import onnxruntime as ort
 
         super().__init__(info, device)
         try:
             self.session = ort.InferenceSession(
-                info.path, sess_options=session_options(), providers=providers_for(self.device)
+                info.path, sess_options=session_options(threads), providers=providers_for(self.device)
             )
         except EngineError:
             raise
