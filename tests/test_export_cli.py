@@ -90,3 +90,28 @@ def test_trt_on_without_a_gpu(tmp_path):
 def test_checkpoint_and_model_together(tmp_path):
     result = run("build", "--model", "cifar10", "--checkpoint", "x.ckpt", "--out", str(tmp_path))
     assert_one_line_error(result, "either --model NAME or --checkpoint PATH")
+
+
+def test_build_from_a_checkpoint(tmp_path):
+    """The whole command on a tiny pndm checkpoint: the manifest records its hash, no reference copy."""
+    import json
+
+    from pndm.fileio import sha256_file
+    from pndm.models import save_checkpoint
+    from pndm.models.ddpm_unet import DDPMUNet, DDPMUNetConfig
+
+    config = DDPMUNetConfig(ch=32, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(8,), resolution=8)
+    weights = save_checkpoint(tmp_path / "tiny.safetensors", DDPMUNet(config).state_dict(),
+                              {"architecture": "ddpm", "model": config.to_dict(),
+                               "diffusion": {"schedule": "linear", "T": 1000}})
+    out = tmp_path / "engines"
+    result = run("build", "--checkpoint", str(weights), "--out", str(out), "--batch", "1:2:8",
+                 "--trt", "off", "--calibration-steps", "3", "--calibration-count", "1")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "unet.onnx" in result.output and "[600, 1000)" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["source"]["kind"] == "checkpoint"
+    assert manifest["model"]["source"]["sha256"] == sha256_file(weights)
+    assert "reference" not in manifest and not (out / "reference.safetensors").exists()
+    assert manifest["verification"]["unet.onnx"]["rel_l2"] <= 1e-5
+    assert sorted(p.name for p in out.iterdir()) == ["calibration.safetensors", "manifest.json", "unet.onnx"]
