@@ -18,6 +18,10 @@ ENGINE_HELP = (
     "Engine to run: an .onnx / .plan / .pt2 file with manifest.json beside it, an engine folder "
     "(its unet.onnx), or a checkpoint / diffusers folder / model name (PyTorch fp32)."
 )
+THREADS_HELP = (
+    "CPU threads for torch and ONNX Runtime (default: one per core). On a busy machine 1 can be much "
+    "faster: OpenMP threads that wait for a taken core spin."
+)
 DEVICE_HELP = "cpu, cuda, cuda:N, or auto (CUDA when available, else CPU; .pt2: the device it was built for)."
 
 
@@ -61,6 +65,11 @@ def _output_folder(out: str):
         if not existed and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
         raise
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def _device_for_rank(device: str, local_rank: int, world_size: int) -> str:
@@ -162,6 +171,7 @@ def _write_outputs(env, folder: Path, fmt: str, engine, my_seeds: list[int], run
     "grid.png and run.json.",
 )
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
 @click.option(
     "--cuda-graph/--no-cuda-graph",
     default=True,
@@ -170,7 +180,9 @@ def _write_outputs(env, folder: Path, fmt: str, engine, my_seeds: list[int], run
 )
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 @debug_option
-def sample(engine_path, method, steps, num, batch, seed, eta, out, fmt, device, cuda_graph, progress):
+def sample(
+    engine_path, method, steps, num, batch, seed, eta, out, fmt, device, threads, cuda_graph, progress
+):
     """Sample images from an engine with a PNDM-family solver.
 
     Works under ``torchrun --nproc_per_node=K``: the seeds are split across ranks and rank 0
@@ -185,8 +197,12 @@ def sample(engine_path, method, steps, num, batch, seed, eta, out, fmt, device, 
     all_seeds = seed_list(seed, num)
     my_seeds = shard_seeds(all_seeds, env.rank, env.world_size)
     with _output_folder(out) as folder, process_group(env):
+        _set_threads(threads)
         engine = load_engine(
-            engine_path, _device_for_rank(device, env.local_rank, env.world_size), cuda_graph=cuda_graph
+            engine_path,
+            _device_for_rank(device, env.local_rank, env.world_size),
+            cuda_graph=cuda_graph,
+            threads=threads,
         )
         engine.check_batch(min(batch, num))
         run = (
@@ -233,6 +249,7 @@ def sample(engine_path, method, steps, num, batch, seed, eta, out, fmt, device, 
     "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Image i uses seed SEED+i."
 )
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
 @click.option(
     "--layerwise",
     is_flag=True,
@@ -261,6 +278,7 @@ def check(
     batch,
     seed,
     device,
+    threads,
     layerwise,
     layerwise_tol,
     json_path,
@@ -278,9 +296,10 @@ def check(
         from pndm.runtime.outputs import prepare_out_dir
 
         prepare_out_dir(Path(json_path).parent)
-    candidate = load_engine(engine_path, device)
+    _set_threads(threads)
+    candidate = load_engine(engine_path, device, threads=threads)
     candidate.check_batch(min(batch, num))
-    ref = find_reference(candidate, reference, candidate.device)
+    ref = find_reference(candidate, reference, candidate.device, threads=threads)
     report = check_engine(candidate, ref, seeds, method=method, steps=steps, batch=batch, progress=progress)
     if layerwise:
         from pndm.runtime.layerwise import layerwise_for_check

@@ -16,10 +16,12 @@ from pndm.runtime.engines.base import Engine
 from pndm.runtime.loader import load_engine, load_torch_model
 
 
-def find_reference(candidate: Engine, given: str | None = None, device="auto") -> Engine:
-    """The reference engine for ``candidate`` (see module doc)."""
+def find_reference(
+    candidate: Engine, given: str | None = None, device="auto", threads: int | None = None
+) -> Engine:
+    """The reference engine for ``candidate`` (see module doc); ``threads`` for an ONNX reference."""
     if given:
-        reference = load_engine(given, device)
+        reference = load_engine(given, device, threads=threads)
         if reference.precision != "fp32":
             raise EngineError(
                 f"the reference {given} is {reference.precision}; give an fp32 checkpoint or ONNX"
