@@ -80,7 +80,7 @@ class TrtEngine(Engine):
             )
         self.x_name, self.t_name = input_names
         self.out_name = output_name
-        lo, _, hi = self.engine.get_tensor_profile_shape(self.x_name, 0)
+        lo, _, hi = (tuple(dims) for dims in self.engine.get_tensor_profile_shape(self.x_name, 0))
         if (lo[0], hi[0]) != tuple(self.batch_range) or tuple(hi[1:]) != self.image_shape:
             raise EngineError(
                 f"{info.path} was built for batch [{lo[0]}, {hi[0]}] and images {tuple(hi[1:])} but its "
@@ -121,7 +121,8 @@ class TrtEngine(Engine):
             self._enqueue(buffers)  # warm-up: lets TensorRT finish its deferred setup outside the capture
             self.stream.synchronize()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=self.stream):
+            # thread_local: TensorRT's own CUDA calls on other threads must not abort the capture
+            with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
                 self._enqueue(buffers)
             self._graphs[batch] = graph
         with torch.cuda.stream(self.stream):
