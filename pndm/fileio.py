@@ -14,11 +14,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _default_file_mode() -> int:
+    """The mode a plainly created file gets (0o666 less the umask); mkstemp files start at 0o600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it onto ``final`` on success.
 
-    The temporary file is removed if the body raises. Parent folders are created.
+    The temporary file is removed if the body raises. Parent folders are created. The final
+    file gets the usual permissions (0o666 less the umask), not mkstemp's private 0o600.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -27,6 +35,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, _default_file_mode())
         os.replace(tmp, final)
     finally:
         if tmp.exists():

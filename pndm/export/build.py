@@ -121,10 +121,7 @@ def make_staging(out: Path) -> tuple[Path, bool]:
 
 def publish(staging: Path, out: Path, names: list[str]) -> None:
     """Move the staged files into ``out``; the manifest goes last, so it never names a missing file."""
-    umask = os.umask(0)
-    os.umask(umask)
     for name in sorted(names, key=lambda n: n == "manifest.json"):
-        os.chmod(staging / name, 0o666 & ~umask)  # temporary files are created private (0600)
         os.replace(staging / name, out / name)
 
 
