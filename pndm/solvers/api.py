@@ -11,6 +11,7 @@ from pndm.schedules import Schedule
 from pndm.solvers.evaluator import Callback, EpsEvaluator, EpsFn
 from pndm.solvers.grid import time_grid
 from pndm.solvers.registry import METHODS, MethodInfo
+from pndm.solvers.thresholding import clip_denoised
 
 
 @dataclass(frozen=True)
@@ -58,16 +59,19 @@ def solve(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     tol: float = 1e-5,
+    clip_x0: bool = False,
 ) -> Solution:
     """Run ``method`` from x_T (the sample at the top of :func:`time_grid`) to x_0 and report the NFE.
 
     ``eps(x, t)`` is called with t a (B,) tensor of x's dtype holding timestep indices (fractional
     for midpoints); ``callback(x, t, eps, index)`` sees every evaluation. ``eta`` and ``generator``
-    apply to ddim, ``tol`` (rtol = atol) to pf.
+    apply to ddim, ``tol`` (rtol = atol) to pf. ``clip_x0`` clips every denoised estimate to
+    [-1, 1] (:mod:`pndm.solvers.thresholding`; off by default: it changes the answer).
     """
     info = _check_inputs(method, x_T, steps, schedule, eta, tol)
     grid = time_grid(steps, schedule.T).tolist()
-    ev = EpsEvaluator(eps, callback)
+    transform = (lambda x, t, e: clip_denoised(x, t, e, schedule)) if clip_x0 else None
+    ev = EpsEvaluator(eps, callback, transform)
     options = {}
     if info.accepts_eta:
         options = {"eta": eta, "generator": generator}
@@ -88,7 +92,9 @@ def sample(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     tol: float = 1e-5,
+    clip_x0: bool = False,
 ) -> torch.Tensor:
     """x_0 from x_T with ``method`` over ``steps`` grid steps (:func:`solve` also returns the NFE)."""
-    run = solve(eps, x_T, method, steps, schedule, eta=eta, generator=generator, callback=callback, tol=tol)
+    run = solve(eps, x_T, method, steps, schedule, eta=eta, generator=generator, callback=callback, tol=tol,
+                clip_x0=clip_x0)
     return run.x0

@@ -15,20 +15,23 @@ from pndm.errors import PndmError
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], None]
+Transform = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class EpsEvaluator:
     """Calls ``eps(x, t)`` with ``t`` as a ``(B,)`` tensor of x's dtype and device.
 
     ``count`` is the number of evaluations made so far (the NFE). ``callback(x, t, eps, index)``
-    receives tensors the samplers never modify afterwards, so they are safe to keep.
+    receives tensors the samplers never modify afterwards, so they are safe to keep; it sees the
+    model's own output. ``transform(x, t, eps) -> eps`` (e.g. x0 clipping) is applied after it.
     """
 
-    def __init__(self, eps: EpsFn, callback: Callback | None = None):
+    def __init__(self, eps: EpsFn, callback: Callback | None = None, transform: Transform | None = None):
         if not callable(eps):
             raise PndmError(f"eps must be a callable eps(x, t) -> Tensor (got {type(eps).__name__})")
         self._eps = eps
         self._callback = callback
+        self._transform = transform
         self.count = 0
 
     def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
@@ -52,4 +55,6 @@ class EpsEvaluator:
         self.count += 1
         if self._callback is not None:
             self._callback(x, t_batch, out, index)
+        if self._transform is not None:
+            out = self._transform(x, t_batch, out)
         return out
