@@ -9,7 +9,8 @@ from pndm.models.ddpm_unet import DDPMUNet, DDPMUNetConfig
 def _tiny_config(testdata) -> DDPMUNetConfig:
     raw = json.loads((testdata / "original_ddpm_tiny_config.json").read_text())
     fields = DDPMUNetConfig.__dataclass_fields__
-    return DDPMUNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in fields})
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in fields}
+    return DDPMUNetConfig(**kwargs)
 
 
 def test_matches_original_code_on_reference_pass(testdata):

@@ -17,14 +17,6 @@ STEPS = (10, 20, 50, 100)
 FIXED_STEP = [m for m, info in METHODS.items() if not info.adaptive]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def gaussian_table():
     tb = GaussianTestbed.random(make_schedule("linear"), shape=(3, 4, 4))

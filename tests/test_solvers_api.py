@@ -12,15 +12,6 @@ SCHEDULE = make_schedule("linear")
 TESTBED = GaussianTestbed.random(SCHEDULE, shape=(2, 4, 4))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second thread on shared cores only adds contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _x(steps, batch=2, dtype=torch.float64):
     t_top = float(time_grid(steps, SCHEDULE.T)[0])
     return TESTBED.prior(batch, t_top, torch.Generator().manual_seed(0)).to(dtype)

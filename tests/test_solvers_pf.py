@@ -14,14 +14,6 @@ from pndm.solvers.transfer import transfer
 T_TOP = 900.0  # top of the N = 10 grid
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _setup(schedule_name):
     tb = GaussianTestbed.random(make_schedule(schedule_name), shape=(3, 4, 4))
     return tb, tb.prior(8, T_TOP, torch.Generator().manual_seed(0))

