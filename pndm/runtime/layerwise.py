@@ -21,9 +21,13 @@ from pndm.runtime.metrics import eps_errors
 def _run_all_tensors(path: Path, feed: dict) -> tuple[dict, list[str]]:
     """Every tensor of the graph at ``path`` on ``feed``, and the tensor names in node order."""
     import onnxruntime as ort
-    from polygraphy import constants
-    from polygraphy.backend.onnx import BytesFromOnnx, ModifyOutputs, OnnxFromPath
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    try:
+        from polygraphy import constants
+        from polygraphy.backend.onnx import BytesFromOnnx, ModifyOutputs, OnnxFromPath
+        from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    except ImportError as e:
+        raise EngineError("--layerwise needs Polygraphy: pip install 'pndm[trt]' (or polygraphy)") from e
 
     marked = ModifyOutputs(
         OnnxFromPath(str(path), external_data_dir=str(path.parent)), outputs=constants.MARK_ALL
