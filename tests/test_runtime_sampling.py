@@ -142,3 +142,25 @@ def test_stochastic_ddim_is_reproducible(engine_dir):
     deterministic = sample_seeds(engine, [0, 1], **kwargs)
     assert torch.equal(a.images, b.images)
     assert (a.images - deterministic.images).abs().max() > 1e-2
+
+
+def test_stochastic_ddim_images_do_not_depend_on_the_batch():
+    """eta > 0: image i's step noise continues its own seed's stream, so batching does not change it."""
+    from pndm.runtime.seeds import draw_noise, image_generators
+    from pndm.schedules import make_schedule
+    from pndm.solvers import sample
+    from pndm.solvers.testbeds import GaussianTestbed
+
+    schedule = make_schedule("linear")
+    testbed = GaussianTestbed.random(schedule, shape=(1, 4, 4), dtype=torch.float32)
+
+    def run(seeds):
+        generators = image_generators(seeds)
+        x_T = draw_noise(generators, (1, 4, 4))
+        return sample(testbed.eps, x_T, "ddim", 10, schedule, eta=1.0, generator=generators)
+
+    together = run([3, 4, 5])
+    assert torch.equal(run([4])[0], together[1])
+    assert torch.equal(run([5, 3])[1], together[0])
+    deterministic = sample(testbed.eps, draw_noise(image_generators([3]), (1, 4, 4)), "ddim", 10, schedule)
+    assert not torch.allclose(together[0], deterministic[0])  # the step noise is really drawn

@@ -142,7 +142,7 @@ def lockstep(
     *,
     method: str,
     steps: int,
-    eta: float = 0.0,
+    clip_x0: bool = False,
     on_call: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, list[dict], NonFinite | None, tuple[torch.Tensor, torch.Tensor]]:
     """Solve with the reference; at each NFE feed the same (x_t, t) to the candidate and compare eps.
@@ -172,7 +172,7 @@ def lockstep(
         if on_call is not None:
             on_call()
 
-    x_0 = sample(reference, x_T, method, steps, schedule, eta=eta, callback=compare)
+    x_0 = sample(reference, x_T, method, steps, schedule, callback=compare, clip_x0=clip_x0)
     return x_0.float().cpu(), rows, (nonfinite[0] if nonfinite else None), probe[0]
 
 
@@ -223,6 +223,7 @@ def check_engine(
     method: str = "f-pndm",
     steps: int = 20,
     batch: int = 4,
+    clip_x0: bool = False,
     progress: bool = True,
 ) -> CheckReport:
     """Run both measurements of the module docstring and decide pass/fail."""
@@ -268,7 +269,8 @@ def check_engine(
     try:
         for chunk in chunks:
             x_0, rows, nonfinite, probe = lockstep(
-                reference, candidate, chunk, method=method, steps=steps, on_call=lambda: bar.update(1)
+                reference, candidate, chunk, method=method, steps=steps, clip_x0=clip_x0,
+                on_call=lambda: bar.update(1),
             )
             reference_images.append(x_0)
             per_batch.append(rows)
@@ -286,6 +288,7 @@ def check_engine(
             method=method,
             steps=steps,
             batch=batch,
+            clip_x0=clip_x0,
             eps=watch,
             progress=progress,
             desc="free-running",

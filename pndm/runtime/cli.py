@@ -78,7 +78,9 @@ def _device_for_rank(device: str, local_rank: int, world_size: int) -> str:
     return device
 
 
-def _write_outputs(env, folder: Path, fmt: str, engine, my_seeds: list[int], run, eta: float) -> dict | None:
+def _write_outputs(
+    env, folder: Path, fmt: str, engine, my_seeds: list[int], run, options: dict
+) -> dict | None:
     """Each rank writes its PNGs; rank 0 gathers everything and writes npz, grid.png, run.json.
 
     Returns run.json's content on rank 0, None on the other ranks.
@@ -107,7 +109,7 @@ def _write_outputs(env, folder: Path, fmt: str, engine, my_seeds: list[int], run
         **rank_stats[0],
         "num_images": len(seeds),
         "seeds": {"first": seeds[0], "count": len(seeds)},
-        "eta": eta,
+        **options,
         "wall_seconds": wall,
         "images_per_second": len(seeds) / wall if wall > 0 else None,
         "world_size": env.world_size,
@@ -160,6 +162,13 @@ def _write_outputs(env, folder: Path, fmt: str, engine, my_seeds: list[int], run
     show_default=True,
     help="DDIM stochasticity (0 = deterministic).",
 )
+@click.option(
+    "--clip-x0/--no-clip-x0",
+    default=False,
+    show_default=True,
+    help="Clip every denoised estimate to [-1, 1] (DDPM's clip_denoised; helps briefly trained models, "
+    "changes the answer: docs/SOLVERS.md).",
+)
 @click.option("--out", default="samples", show_default=True, help="Output folder.")
 @click.option(
     "--format",
@@ -181,7 +190,8 @@ def _write_outputs(env, folder: Path, fmt: str, engine, my_seeds: list[int], run
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 @debug_option
 def sample(
-    engine_path, method, steps, num, batch, seed, eta, out, fmt, device, threads, cuda_graph, progress
+    engine_path, method, steps, num, batch, seed, eta, clip_x0, out, fmt, device, threads, cuda_graph,
+    progress,
 ):
     """Sample images from an engine with a PNDM-family solver.
 
@@ -213,12 +223,13 @@ def sample(
                 steps=steps,
                 batch=batch,
                 eta=eta,
+                clip_x0=clip_x0,
                 progress=progress and env.is_main,
             )
             if my_seeds
             else None
         )
-        summary = _write_outputs(env, folder, fmt, engine, my_seeds, run, eta)
+        summary = _write_outputs(env, folder, fmt, engine, my_seeds, run, {"eta": eta, "clip_x0": clip_x0})
     if summary is None:
         return
     seeds = summary["seeds"]
@@ -247,6 +258,13 @@ def sample(
 )
 @click.option(
     "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Image i uses seed SEED+i."
+)
+@click.option(
+    "--clip-x0/--no-clip-x0",
+    default=False,
+    show_default=True,
+    help="Clip every denoised estimate to [-1, 1] (DDPM's clip_denoised; helps briefly trained models, "
+    "changes the answer: docs/SOLVERS.md).",
 )
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
@@ -277,6 +295,7 @@ def check(
     num,
     batch,
     seed,
+    clip_x0,
     device,
     threads,
     layerwise,
@@ -300,7 +319,9 @@ def check(
     candidate = load_engine(engine_path, device, threads=threads)
     candidate.check_batch(min(batch, num))
     ref = find_reference(candidate, reference, candidate.device, threads=threads)
-    report = check_engine(candidate, ref, seeds, method=method, steps=steps, batch=batch, progress=progress)
+    report = check_engine(
+        candidate, ref, seeds, method=method, steps=steps, batch=batch, clip_x0=clip_x0, progress=progress
+    )
     if layerwise:
         from pndm.runtime.layerwise import layerwise_for_check
 

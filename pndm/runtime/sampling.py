@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from pndm.runtime.engines.base import Engine
-from pndm.runtime.seeds import batches, image_noise
+from pndm.runtime.seeds import batches, draw_noise, image_generators
 
 
 class TimedEps:
@@ -74,18 +74,6 @@ class SampleRun:
         }
 
 
-def step_noise_generator(chunk: list[int], eta: float, engine: Engine) -> torch.Generator | None:
-    """The generator for DDIM's per-step noise (eta > 0), seeded by the batch's first seed.
-
-    Reruns are identical, but the solver draws one noise tensor per step for the whole batch, so
-    with eta > 0 an image depends on its batch's composition (x_T never does). Per-image step
-    noise needs the solvers to accept one generator per image.
-    """
-    if eta == 0:
-        return None
-    return torch.Generator(engine.device).manual_seed(chunk[0])
-
-
 def nfe_of(method: str, steps: int) -> int | None:
     """Model evaluations per image for ``method`` at ``steps`` (the solvers' formula; None if adaptive)."""
     from pndm.solvers import METHODS
@@ -101,6 +89,7 @@ def sample_seeds(
     steps: int,
     batch: int,
     eta: float = 0.0,
+    clip_x0: bool = False,
     eps: Callable | None = None,
     progress: bool = True,
     desc: str = "sampling",
@@ -131,7 +120,8 @@ def sample_seeds(
     start = time.perf_counter()
     try:
         for chunk in chunks:
-            x_T = image_noise(chunk, engine.image_shape, engine.device)
+            generators = image_generators(chunk)  # x_T, then the same streams give DDIM's step noise
+            x_T = draw_noise(generators, engine.image_shape, engine.device)
             x_0 = sample(
                 timed,
                 x_T,
@@ -139,7 +129,8 @@ def sample_seeds(
                 steps,
                 schedule,
                 eta=eta,
-                generator=step_noise_generator(chunk, eta, engine),
+                generator=generators if eta > 0 else None,
+                clip_x0=clip_x0,
             )
             outputs.append(x_0.float().cpu())
     finally:

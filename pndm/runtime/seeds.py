@@ -43,13 +43,20 @@ def batches(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def image_generators(seeds: list[int]) -> list[torch.Generator]:
+    """One CPU generator per image, seeded with its seed: x_T, then (eta > 0) its step noise."""
+    return [torch.Generator("cpu").manual_seed(s) for s in seeds]
+
+
+def draw_noise(generators: list[torch.Generator], shape: tuple[int, ...],
+               device: torch.device | str = "cpu") -> torch.Tensor:
+    """``randn(shape)`` in float32 from each generator, stacked and moved to ``device``."""
+    return torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators]).to(device)
+
+
 def image_noise(seeds: list[int], shape: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
     """x_T for a batch: ``randn(shape)`` from a CPU float32 generator seeded with each seed, stacked."""
-    noise = [
-        torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s), dtype=torch.float32)
-        for s in seeds
-    ]
-    return torch.stack(noise).to(device)
+    return draw_noise(image_generators(seeds), shape, device)
 
 
 @dataclass(frozen=True)

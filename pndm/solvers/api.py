@@ -56,7 +56,7 @@ def solve(
     schedule: Schedule,
     *,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     callback: Callback | None = None,
     tol: float = 1e-5,
     clip_x0: bool = False,
@@ -65,8 +65,9 @@ def solve(
 
     ``eps(x, t)`` is called with t a (B,) tensor of x's dtype holding timestep indices (fractional
     for midpoints); ``callback(x, t, eps, index)`` sees every evaluation. ``eta`` and ``generator``
-    apply to ddim, ``tol`` (rtol = atol) to pf. ``clip_x0`` clips every denoised estimate to
-    [-1, 1] (:mod:`pndm.solvers.thresholding`; off by default: it changes the answer).
+    (one, or a list with one per image) apply to ddim, ``tol`` (rtol = atol) to pf. ``clip_x0``
+    clips every denoised estimate to [-1, 1] (:mod:`pndm.solvers.thresholding`; off by default:
+    it changes the answer).
     """
     info = _check_inputs(method, x_T, steps, schedule, eta, tol)
     grid = time_grid(steps, schedule.T).tolist()
@@ -89,7 +90,7 @@ def sample(
     schedule: Schedule,
     *,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     callback: Callback | None = None,
     tol: float = 1e-5,
     clip_x0: bool = False,
