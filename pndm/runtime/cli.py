@@ -123,6 +123,15 @@ def _write_outputs(
     return summary
 
 
+clip_x0_option = click.option(
+    "--clip-x0/--no-clip-x0",
+    default=False,
+    show_default=True,
+    help="Clip every denoised estimate to [-1, 1] (DDPM's clip_denoised; helps briefly trained models, "
+    "changes the answer: docs/SOLVERS.md).",
+)
+
+
 @click.command()
 @click.option("--engine", "engine_path", required=True, help=ENGINE_HELP)
 @click.option("--method", type=MethodChoice(), default="f-pndm", show_default=True, help="Solver.")
@@ -162,13 +171,7 @@ def _write_outputs(
     show_default=True,
     help="DDIM stochasticity (0 = deterministic).",
 )
-@click.option(
-    "--clip-x0/--no-clip-x0",
-    default=False,
-    show_default=True,
-    help="Clip every denoised estimate to [-1, 1] (DDPM's clip_denoised; helps briefly trained models, "
-    "changes the answer: docs/SOLVERS.md).",
-)
+@clip_x0_option
 @click.option("--out", default="samples", show_default=True, help="Output folder.")
 @click.option(
     "--format",
@@ -259,13 +262,7 @@ def sample(
 @click.option(
     "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Image i uses seed SEED+i."
 )
-@click.option(
-    "--clip-x0/--no-clip-x0",
-    default=False,
-    show_default=True,
-    help="Clip every denoised estimate to [-1, 1] (DDPM's clip_denoised; helps briefly trained models, "
-    "changes the answer: docs/SOLVERS.md).",
-)
+@clip_x0_option
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
 @click.option(
