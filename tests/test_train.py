@@ -100,7 +100,7 @@ def test_torchrun_two_cpu_processes(digits_npz, tmp_path):
     from pndm.models.architectures import build_model
 
     out = tmp_path / "ddp"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master-port=0"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
     args = ["-m", "pndm.train", "--data", str(digits_npz), "--arch", "tiny28", "--out", str(out),
             "--batch", "4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
