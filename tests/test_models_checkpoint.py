@@ -84,7 +84,7 @@ def test_original_yaml_files_parse(tmp_path):
         "            num_diffusion_timesteps: 1000}\n"
     )
     parsed = parse_config(read_config_file(ddim))
-    summary = (parsed.architecture, parsed.model.resolution, parsed.schedule, parsed.T)
+    summary = (parsed.architecture, parsed.model.resolution, parsed.schedule.name, parsed.schedule.T)
     assert summary == ("ddpm", 32, "linear", 1000)
 
     pndm = tmp_path / "iddpm_cifar10.yml"
@@ -96,4 +96,4 @@ def test_original_yaml_files_parse(tmp_path):
         "        num_heads_upsample: 4}\n"
     )
     parsed = parse_config(read_config_file(pndm))
-    assert (parsed.architecture, parsed.model.num_heads, parsed.schedule) == ("iddpm", 4, "cosine")
+    assert (parsed.architecture, parsed.model.num_heads, parsed.schedule.name) == ("iddpm", 4, "cosine")

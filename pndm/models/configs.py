@@ -26,6 +26,7 @@ import yaml
 from pndm.errors import PndmError
 from pndm.models.ddpm_unet import DDPMUNetConfig
 from pndm.models.iddpm_unet import IDDPMUNetConfig
+from pndm.schedules import DIFFUSERS_BETA_SCHEDULES, SCHEDULE_NAMES, ScheduleSpec
 
 # The `model:` sections of ermongroup/ddim configs/{cifar10,celeba,church,bedroom}.yml (the
 # PNDM repo's config/ddim_*.yml hold the same values); dropout is inert in eval mode.
@@ -52,18 +53,15 @@ IDDPM_CONFIGS: dict[str, dict[str, Any]] = {
 CONFIG_CLASSES: dict[str, type] = {"ddpm": DDPMUNetConfig, "iddpm": IDDPMUNetConfig}
 # The base-width key that tells a bare `model:` section's architecture.
 ARCHITECTURE_MARKERS = {"ddpm": "ch", "iddpm": "model_channels"}
-# The one beta range the schedule names "linear" and "quad" stand for (docs/CONTRACTS.md).
-LINEAR_BETA_RANGE = (1e-4, 0.02)
 
 
 @dataclass(frozen=True)
 class ParsedConfig:
-    """An architecture, its config dataclass, and the schedule/T the config states (None if silent)."""
+    """An architecture, its config dataclass, and the schedule the config states (None if silent)."""
 
     architecture: str
     model: Any
-    schedule: str | None = None
-    T: int | None = None
+    schedule: ScheduleSpec | None = None
 
 
 def dataclass_from_dict(cls: type, raw: dict[str, Any], what: str):
@@ -98,37 +96,34 @@ def image_shape(architecture: str, config) -> tuple[int, int, int]:
     return (config.in_channels, config.image_size, config.image_size)
 
 
-def schedule_name(kind: str, beta_start: float | None, beta_end: float | None, what: str) -> str:
-    """Our schedule name for a beta schedule; linear/quad must span the standard 1e-4..0.02."""
-    aliases = {"linear": "linear", "quad": "quad", "scaled_linear": "quad", "cosine": "cosine",
-               "squaredcos_cap_v2": "cosine"}
+def schedule_spec(kind: str, T: int | None, beta_start: float | None, beta_end: float | None,
+                  what: str) -> ScheduleSpec:
+    """The schedule of a config's beta-schedule name (ours or diffusers'), range and length."""
+    aliases = {**{n: n for n in SCHEDULE_NAMES}, **DIFFUSERS_BETA_SCHEDULES}
     if kind not in aliases:
-        raise PndmError(f"{what}: unsupported beta schedule {kind!r}; supported: linear, quad, cosine")
+        raise PndmError(f"{what}: unsupported beta schedule {kind!r}; supported: {', '.join(aliases)}")
     name = aliases[kind]
-    if name != "cosine":
-        given = (beta_start if beta_start is not None else LINEAR_BETA_RANGE[0],
-                 beta_end if beta_end is not None else LINEAR_BETA_RANGE[1])
-        if any(abs(a - b) > 1e-12 for a, b in zip(given, LINEAR_BETA_RANGE, strict=True)):
-            raise PndmError(
-                f"{what}: {kind} betas {given[0]}..{given[1]} are not supported; "
-                f"pndm's {name} schedule uses {LINEAR_BETA_RANGE[0]}..{LINEAR_BETA_RANGE[1]}"
-            )
-    return name
+    try:
+        if name == "cosine":
+            return ScheduleSpec(name, T)
+        return ScheduleSpec(name, T, beta_start, beta_end)
+    except PndmError as exc:
+        raise PndmError(f"{what}: {exc}") from None
 
 
-def _schedule_from_sections(raw: dict[str, Any], what: str) -> tuple[str | None, int | None]:
+def _schedule_from_sections(raw: dict[str, Any], what: str) -> ScheduleSpec | None:
     diffusion = raw.get("diffusion")
-    if isinstance(diffusion, dict) and "schedule" in diffusion:  # pndm's own
-        return schedule_name(diffusion["schedule"], None, None, what), diffusion.get("T")
+    if isinstance(diffusion, dict) and "schedule" in diffusion:  # pndm's own: the ScheduleSpec fields
+        fields = {k: v for k, v in diffusion.items() if k != "schedule"}
+        return ScheduleSpec.from_dict({"name": diffusion["schedule"], **fields}, what)
     if isinstance(diffusion, dict) and "beta_schedule" in diffusion:  # ermongroup/ddim YAML
-        name = schedule_name(diffusion["beta_schedule"], diffusion.get("beta_start"),
-                             diffusion.get("beta_end"), what)
-        return name, diffusion.get("num_diffusion_timesteps")
+        return schedule_spec(diffusion["beta_schedule"], diffusion.get("num_diffusion_timesteps"),
+                             diffusion.get("beta_start"), diffusion.get("beta_end"), what)
     sched = raw.get("Schedule")
     if isinstance(sched, dict) and "type" in sched:  # luping-liu/PNDM YAML
-        name = schedule_name(sched["type"], sched.get("beta_start"), sched.get("beta_end"), what)
-        return name, sched.get("diffusion_step")
-    return None, None
+        return schedule_spec(sched["type"], sched.get("diffusion_step"), sched.get("beta_start"),
+                             sched.get("beta_end"), what)
+    return None
 
 
 def detect_architecture(section: dict[str, Any], what: str) -> str:
@@ -160,8 +155,7 @@ def parse_config(raw: dict[str, Any], what: str = "config") -> ParsedConfig:
     data = raw.get("data", raw.get("Dataset", {}))
     if isinstance(data, dict) and "image_size" in data and "image_size" not in section:
         section = {**section, "image_size": data["image_size"]}
-    schedule, T = _schedule_from_sections(raw, what)
-    return ParsedConfig(arch, model_config(arch, section, what), schedule, T)
+    return ParsedConfig(arch, model_config(arch, section, what), _schedule_from_sections(raw, what))
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

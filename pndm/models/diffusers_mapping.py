@@ -12,8 +12,9 @@ For the google/ddpm-cifar10-32 family the two networks compute the same function
   original; GroupNorm(32, eps=``norm_eps``) must have eps 1e-6.
 
 Any config outside this (other activation, eps, padding, multi-head attention, class
-conditioning, Fourier/learned time embedding...) is refused naming the option, rather than
-loaded approximately.
+conditioning, Fourier/learned time embedding...) raises :class:`NotMappable` naming the option,
+rather than being loaded approximately; :mod:`pndm.models.diffusers_folder` then runs diffusers'
+own module instead.
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ from typing import Any
 import torch
 
 from pndm.errors import CheckpointError
-from pndm.models.checkpoint import read_json, read_safetensors
-from pndm.models.configs import schedule_name
+from pndm.models.checkpoint import read_safetensors
 from pndm.models.ddpm_unet import DDPMUNetConfig
 from pndm.models.state_dicts import read_torch_state_dict
 
@@ -73,17 +73,18 @@ _LEAF_NAMES = {
 }
 
 
-def unet_dir(path: Path) -> Path:
-    """The UNet folder: ``path`` itself, or ``path/unet`` for a whole pipeline folder."""
-    if not (path / "config.json").is_file() and (path / "unet" / "config.json").is_file():
-        return path / "unet"
-    return path
+class NotMappable(CheckpointError):
+    """A UNet2DModel config that the DDPM UNet does not compute exactly; ``option`` names why."""
+
+    def __init__(self, message: str, option: str):
+        super().__init__(message)
+        self.option = option
 
 
-def _refuse(path: Path, option: str, value: Any, wanted: Any) -> CheckpointError:
-    return CheckpointError(
+def _refuse(path: Path, option: str, value: Any, wanted: Any) -> NotMappable:
+    return NotMappable(
         f"{path}: diffusers option {option}={value!r} cannot be mapped exactly onto the original DDPM "
-        f"UNet (needs {wanted!r}); this UNet2DModel variant is not supported"
+        f"UNet (needs {wanted!r})", f"{option}={value!r}"
     )
 
 
@@ -195,32 +196,3 @@ def read_weights(folder: Path, allow_pickle: bool) -> tuple[dict[str, torch.Tens
                 return read_safetensors(path)[0], path
             return read_torch_state_dict(path, allow_pickle), path
     raise CheckpointError(f"{folder}: no weights found (expected {' or '.join(WEIGHT_FILES)})")
-
-
-def read_schedule(folder: Path) -> tuple[str, int]:
-    """(schedule, T) from a scheduler_config.json beside/inside/above the UNet; linear/1000 if none."""
-    for candidate in (folder / "scheduler_config.json", folder / "scheduler" / "scheduler_config.json",
-                      folder.parent / "scheduler" / "scheduler_config.json"):
-        if candidate.is_file():
-            sched = read_json(candidate, "scheduler config")
-            if sched.get("trained_betas") is not None:
-                raise CheckpointError(f"{candidate}: trained_betas (a custom beta list) is not supported")
-            name = schedule_name(sched.get("beta_schedule", "linear"), sched.get("beta_start"),
-                                 sched.get("beta_end"), str(candidate))
-            return name, int(sched.get("num_train_timesteps", 1000))
-    return "linear", 1000
-
-
-def load_diffusers_dir(
-    path: Path, allow_pickle: bool = False
-) -> tuple[DDPMUNetConfig, dict[str, torch.Tensor], Path, str, int]:
-    """(config, original-layout state dict, weights file, schedule, T) of a diffusers UNet folder."""
-    folder = unet_dir(path)
-    if not (folder / "config.json").is_file():
-        raise CheckpointError(f"{path}: not a diffusers model folder (no config.json inside)")
-    cfg = {**DIFFUSERS_DEFAULTS, **read_json(folder / "config.json", "diffusers config")}
-    config = ddpm_config_from_diffusers(cfg, folder)
-    state, weights = read_weights(folder, allow_pickle)
-    mapped = map_state_dict(state, cfg, len(config.ch_mult), weights)
-    schedule, T = read_schedule(folder)
-    return config, mapped, weights, schedule, T

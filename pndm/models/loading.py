@@ -25,14 +25,15 @@ from pndm.models import registry
 from pndm.models.architectures import MODULES, build_model
 from pndm.models.checkpoint import read_checkpoint_config, read_safetensors
 from pndm.models.configs import ParsedConfig, image_shape, model_config, parse_config, read_config_file
-from pndm.models.diffusers_mapping import load_diffusers_dir
+from pndm.models.diffusers_folder import load_folder
 from pndm.models.infer import detect_layout, infer_config
 from pndm.models.registry import NAMED_MODELS, find_weights, named_model, weights_dir
 from pndm.models.spec import ModelSpec
 from pndm.models.state_dicts import TORCH_SUFFIXES, load_into, read_torch_state_dict
+from pndm.schedules import ScheduleSpec
 
 # Each architecture's schedule when its config does not say (DDIM: linear; PNDM iDDPM: cosine).
-DEFAULT_SCHEDULES = {"ddpm": ("linear", 1000), "iddpm": ("cosine", 1000)}
+DEFAULT_SCHEDULES = {"ddpm": ScheduleSpec("linear"), "iddpm": ScheduleSpec("cosine")}
 RANDOM_INIT_SEED = 0
 
 ConfigArg = dict[str, Any] | str | Path | None
@@ -52,13 +53,14 @@ def _unknown_name(name: str) -> PndmError:
 
 def _spec(parsed: ParsedConfig, source: str, kind: str, *, path: Path | None = None,
           sha256: str | None = None, notes: tuple[str, ...] = ()) -> ModelSpec:
-    default_schedule, default_T = DEFAULT_SCHEDULES[parsed.architecture]
+    schedule = parsed.schedule or DEFAULT_SCHEDULES[parsed.architecture]
     return ModelSpec(
         architecture=parsed.architecture,
         config=parsed.model.to_dict(),
         image_shape=image_shape(parsed.architecture, parsed.model),
-        schedule=parsed.schedule or default_schedule,
-        T=int(parsed.T or default_T),
+        schedule=schedule.name,
+        T=schedule.T,
+        schedule_spec=schedule,
         source=source,
         source_kind=kind,
         sha256=sha256,
@@ -121,12 +123,20 @@ def _load_file(path: Path, config: ConfigArg, allow_pickle: bool) -> tuple[nn.Mo
 
 
 def _load_diffusers(path: Path, allow_pickle: bool) -> tuple[nn.Module, ModelSpec]:
-    config, state, weights, schedule, T = load_diffusers_dir(path, allow_pickle)
-    model = build_model("ddpm", config)
-    load_into(model, state, weights, "DDPM UNet mapped from this diffusers config")
-    note = "diffusers UNet2DModel mapped onto the original DDPM layout"
-    return model.eval(), _spec(ParsedConfig("ddpm", config, schedule, T), str(path), "checkpoint",
-                               path=weights, sha256=sha256_file(weights), notes=(note,))
+    from pndm.models.diffusers_folder import image_shape_of
+
+    model, architecture, config, folder, notes = load_folder(path, allow_pickle)
+    schedule = folder.schedule
+    num_classes = getattr(model, "num_classes", None)
+    spec = ModelSpec(
+        architecture=architecture, config=config,
+        image_shape=image_shape_of(folder.config, folder.unet / "config.json"),
+        schedule=schedule.name, T=schedule.T, schedule_spec=schedule, source=str(path),
+        source_kind="diffusers",
+        sha256=folder.files[str(folder.weights.relative_to(path))], path=str(path.resolve()), notes=notes,
+        prediction=folder.prediction, num_classes=num_classes, files=folder.files,
+    )
+    return model.eval(), spec
 
 
 def load_path(path: str | Path, config: ConfigArg = None, *,
@@ -156,13 +166,13 @@ def load_architecture(name: str, config: ConfigArg = None) -> tuple[nn.Module, M
         parsed = parse_config(raw, f"config for {name}")
         if parsed.architecture != name:
             raise PndmError(f"the config given is for architecture {parsed.architecture!r}, not {name!r}")
-        arch, model_cfg, schedule, T = parsed.architecture, parsed.model, parsed.schedule, parsed.T
+        arch, model_cfg, schedule = parsed.architecture, parsed.model, parsed.schedule
         how = "load a checkpoint for trained weights"
     else:
         if name not in valid_names():
             raise _unknown_name(name)
         entry = named_model(name)
-        arch, model_cfg, schedule, T = entry.architecture, entry.model, entry.schedule, entry.T
+        arch, model_cfg, schedule = entry.architecture, entry.model, ScheduleSpec(entry.schedule, entry.T)
         if name == "default":
             shipped = "" if registry.DEFAULT_WEIGHTS.is_file() else " (not shipped in this installation)"
             how = f"trained weights: {registry.DEFAULT_WEIGHTS}{shipped}"
@@ -173,7 +183,7 @@ def load_architecture(name: str, config: ConfigArg = None) -> tuple[nn.Module, M
         model = build_model(arch, model_cfg).eval()
     message = f"{name}: random init (untrained, seed {RANDOM_INIT_SEED}); {how}"
     warnings.warn(message, UntrainedModelWarning, stacklevel=2)
-    spec = _spec(ParsedConfig(arch, model.config, schedule, T), message, "random")
+    spec = _spec(ParsedConfig(arch, model.config, schedule), message, "random")
     return model, dataclasses.replace(spec, name=name)
 
 

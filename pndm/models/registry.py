@@ -22,6 +22,7 @@ from pndm.errors import PndmError
 from pndm.models.architectures import build_model
 from pndm.models.checkpoint import read_checkpoint_config
 from pndm.models.configs import DDPM_CONFIGS, IDDPM_CONFIGS, image_shape, parse_config
+from pndm.schedules import ScheduleSpec
 
 WEIGHTS_ENV = "PNDM_MODELS_DIR"
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -107,8 +108,9 @@ def named_model(name: str) -> NamedModel:
         if raw is None:
             return UNTRAINED_DEFAULT
         parsed = parse_config(raw, str(DEFAULT_WEIGHTS))
-        return NamedModel("default", parsed.architecture, parsed.model.to_dict(), parsed.schedule or "linear",
-                          int(parsed.T or 1000), UNTRAINED_DEFAULT.origin)
+        schedule = parsed.schedule or ScheduleSpec("linear")
+        return NamedModel("default", parsed.architecture, parsed.model.to_dict(), schedule.name, schedule.T,
+                          UNTRAINED_DEFAULT.origin)
     if name not in NAMED_MODELS:
         raise PndmError(f"unknown model {name!r}; valid names: default, {', '.join(NAMED_MODELS)}")
     return NAMED_MODELS[name]

@@ -1,0 +1,232 @@
+"""Diffusers folders: a ``UNet2DModel`` folder or a whole pipeline folder, as an eps-contract model.
+
+A pipeline folder (what ``DDPMPipeline/DDIMPipeline/PNDMPipeline.save_pretrained`` write) holds
+``model_index.json``, ``unet/`` (``config.json`` + ``diffusion_pytorch_model.safetensors`` or
+``.bin``) and ``scheduler/scheduler_config.json``. The noise schedule and ``prediction_type``
+come from the scheduler config (:func:`pndm.schedules.schedule_from_diffusers`); a bare UNet
+folder looks for ``scheduler_config.json`` in it, in ``scheduler/`` inside it, or in
+``../scheduler/`` (none: linear 1e-4..0.02, T=1000, epsilon).
+
+The network: where the config maps exactly onto pndm's own DDPM UNet
+(:mod:`pndm.models.diffusers_mapping`) that is used; any other ``UNet2DModel`` configuration is
+diffusers' own module (needs ``pip install 'pndm[diffusers]'``) wrapped by :class:`DiffusersUNet`
+to the eps contract. The module is built from ``config.json`` with ``from_config`` and the weights
+are read by pndm (safetensors, or a torch file with ``weights_only``): nothing in the folder runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pndm.errors import CheckpointError, PndmError
+from pndm.fileio import sha256_file
+from pndm.models.checkpoint import read_json
+from pndm.models.diffusers_mapping import (
+    DIFFUSERS_DEFAULTS,
+    NotMappable,
+    ddpm_config_from_diffusers,
+    map_state_dict,
+    read_weights,
+)
+from pndm.prediction import PREDICTIONS
+from pndm.schedules import ScheduleSpec, schedule_from_diffusers
+
+INSTALL_HINT = "pip install 'pndm[diffusers]'"
+# Old attention weight names (google/ddpm-* on the hub) -> the names UNet2DModel has today.
+_LEGACY_ATTENTION = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.", ".proj_attn.": ".to_out.0."}
+# class_embed_type values whose class input is not an integer label (refused: no label input to give).
+_CLASS_EMBED_TYPES = (None,)
+
+
+@dataclass(frozen=True)
+class DiffusersFolder:
+    """What a diffusers folder holds: the UNet config (over diffusers' defaults), weights, schedule."""
+
+    root: Path  # the folder the user named (pipeline or UNet folder)
+    unet: Path  # the UNet folder
+    config: dict[str, Any]  # config.json as written
+    weights: Path
+    scheduler_config: Path | None
+    schedule: ScheduleSpec
+    prediction: str
+    files: dict[str, str]  # every file read, relative to root -> SHA-256
+
+
+def _unet_folder(path: Path) -> Path:
+    if (path / "model_index.json").is_file():
+        folder = path / "unet"
+        if not (folder / "config.json").is_file():
+            raise CheckpointError(
+                f"{path}: a diffusers pipeline folder (model_index.json) without a unet/ folder holding "
+                "config.json; save the pipeline with its UNet (pipeline.save_pretrained) or pass the UNet "
+                "folder"
+            )
+        return folder
+    if not (path / "config.json").is_file() and (path / "unet" / "config.json").is_file():
+        return path / "unet"
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path}: not a diffusers model folder (no config.json inside)")
+    return path
+
+
+def _scheduler_config(root: Path, unet: Path) -> Path | None:
+    for candidate in (unet / "scheduler_config.json", unet / "scheduler" / "scheduler_config.json",
+                      root / "scheduler" / "scheduler_config.json",
+                      unet.parent / "scheduler" / "scheduler_config.json"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _prediction(sched: dict[str, Any], where: Path) -> str:
+    prediction = sched.get("prediction_type", "epsilon")
+    if prediction not in PREDICTIONS:
+        raise CheckpointError(
+            f"{where}: prediction_type={prediction!r} is not supported; supported: {', '.join(PREDICTIONS)}"
+        )
+    return prediction
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:  # ../scheduler beside a UNet folder
+        return str(Path("..") / path.relative_to(root.parent))
+
+
+def read_folder(path: Path, allow_pickle: bool = False) -> tuple[DiffusersFolder, dict[str, torch.Tensor]]:
+    """The folder's description and its UNet weights (diffusers names)."""
+    unet = _unet_folder(path)
+    config = read_json(unet / "config.json", "diffusers config")
+    state, weights = read_weights(unet, allow_pickle)
+    sched_path = _scheduler_config(path, unet)
+    if sched_path is not None:
+        sched = read_json(sched_path, "scheduler config")
+        try:
+            schedule = schedule_from_diffusers(sched, str(sched_path))
+        except PndmError as exc:
+            raise CheckpointError(str(exc)) from None
+        prediction = _prediction(sched, sched_path)
+    else:
+        schedule, prediction = ScheduleSpec("linear"), "epsilon"
+    read = [unet / "config.json", weights] + ([sched_path] if sched_path else [])
+    if (path / "model_index.json").is_file():
+        read.append(path / "model_index.json")
+    files = {_relative(f, path): sha256_file(f) for f in read}
+    return DiffusersFolder(path, unet, config, weights, sched_path, schedule, prediction, files), state
+
+
+def diffusers_available() -> bool:
+    return importlib.util.find_spec("diffusers") is not None
+
+
+class DiffusersUNet(nn.Module):
+    """diffusers' ``UNet2DModel`` under the eps contract: ``forward(x, t[, class_labels])``.
+
+    ``x`` (B, C, H, W) float32 and ``t`` (B,) float32 (fractional allowed) go straight to the
+    UNet as ``sample`` and ``timestep`` (its positional embedding takes float timesteps); a
+    class-conditional UNet (``num_class_embeds``) takes int64 ``class_labels`` (B,). Returns the
+    UNet's native output; a UNet with twice the image channels (a learned variance) returns the
+    first half, the mean prediction.
+    """
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self.unet = unet
+        self.channels = int(unet.config.in_channels)
+        self.num_classes = unet.config.num_class_embeds
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor,
+                class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.unet(x, t, class_labels=class_labels, return_dict=False)[0]
+        return out[:, : self.channels]
+
+
+def _check_wrappable(cfg: dict[str, Any], where: Path) -> None:
+    if cfg.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise CheckpointError(
+            f"{where}: {cfg['_class_name']} is not supported; pndm loads UNet2DModel (unconditional or "
+            "class-conditional) folders"
+        )
+    if cfg["class_embed_type"] not in _CLASS_EMBED_TYPES:
+        raise CheckpointError(
+            f"{where}: class_embed_type={cfg['class_embed_type']!r} is not supported; class-conditional "
+            "models must use num_class_embeds (integer labels)"
+        )
+    if cfg["time_embedding_type"] == "fourier":
+        raise CheckpointError(
+            f"{where}: time_embedding_type='fourier' UNet2DModels are score-SDE (VE) models that take the "
+            "noise level sigma and divide their output by it, not a timestep index; they are not supported "
+            "yet"
+        )
+    out, channels = cfg["out_channels"], cfg["in_channels"]
+    if out not in (channels, 2 * channels):
+        raise CheckpointError(
+            f"{where}: out_channels={out} with in_channels={channels}; pndm needs out_channels equal to "
+            "in_channels (or twice it: a learned variance)"
+        )
+
+
+def build_diffusers_unet(folder: DiffusersFolder, state: dict[str, torch.Tensor]) -> DiffusersUNet:
+    """diffusers' own UNet2DModel from the folder's config and weights, wrapped (see class doc)."""
+    where = folder.unet / "config.json"
+    cfg = {**DIFFUSERS_DEFAULTS, **folder.config}
+    _check_wrappable(cfg, where)
+    if not diffusers_available():
+        raise PndmError(f"{folder.root}: this UNet2DModel configuration runs diffusers' own module; "
+                        f"install it: {INSTALL_HINT}")
+    from diffusers import UNet2DModel
+
+    try:
+        unet = UNet2DModel.from_config(folder.config)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        message = f"{where}: diffusers cannot build this UNet2DModel ({first}); fix config.json"
+        raise CheckpointError(message) from None
+    state = {_legacy_renamed(k): v for k, v in state.items()}
+    from pndm.models.state_dicts import load_into
+
+    load_into(unet, state, folder.weights, "diffusers UNet2DModel of this config.json")
+    return DiffusersUNet(unet.float().eval()).eval()
+
+
+def _legacy_renamed(key: str) -> str:
+    for old, new in _LEGACY_ATTENTION.items():
+        if key.endswith(f"{old}weight") or key.endswith(f"{old}bias"):
+            return key.replace(old, new)
+    return key
+
+
+def image_shape_of(cfg: dict[str, Any], where: Path) -> tuple[int, int, int]:
+    size = cfg.get("sample_size")
+    if size is None:
+        raise CheckpointError(f"{where}: config.json has no sample_size; the image size is needed, add it")
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    return int(cfg.get("in_channels", DIFFUSERS_DEFAULTS["in_channels"])), int(height), int(width)
+
+
+def load_folder(path: Path, allow_pickle: bool = False
+                ) -> tuple[nn.Module, str, dict[str, Any], DiffusersFolder, tuple[str, ...]]:
+    """(model, architecture, config, folder, notes): the exact DDPM mapping if one exists, else diffusers'."""
+    folder, state = read_folder(path, allow_pickle)
+    cfg = {**DIFFUSERS_DEFAULTS, **folder.config}
+    try:
+        ddpm_config = ddpm_config_from_diffusers(cfg, folder.unet)
+    except NotMappable as exc:
+        model = build_diffusers_unet(folder, state)
+        note = f"diffusers' own UNet2DModel (not the DDPM layout: {exc.option})"
+        return model, "diffusers", dict(folder.config), folder, (note,)
+    from pndm.models.architectures import build_model
+    from pndm.models.state_dicts import load_into
+
+    model = build_model("ddpm", ddpm_config)
+    load_into(model, map_state_dict(state, cfg, len(ddpm_config.ch_mult), folder.weights), folder.weights,
+              "DDPM UNet mapped from this diffusers config")
+    note = "diffusers UNet2DModel mapped onto the original DDPM layout"
+    return model.eval(), "ddpm", ddpm_config.to_dict(), folder, (note,)
