@@ -81,3 +81,64 @@ def test_bad_input_is_a_clear_error():
         make_schedule("linear", T=1)
     with pytest.raises(PndmError, match=r"out of range \[-1, 999\]"):
         make_schedule("linear").alpha_bar(torch.tensor([1000.0]))
+
+
+def test_schedule_spec_fills_the_default_range_and_round_trips():
+    from pndm.schedules import ScheduleSpec
+
+    spec = ScheduleSpec("quad", 500)
+    assert (spec.beta_start, spec.beta_end) == (1e-4, 0.02)
+    assert ScheduleSpec.from_dict(spec.to_dict()) == spec
+    assert ScheduleSpec.from_dict({"name": "linear", "T": 1000}) == ScheduleSpec()  # pndm-engine/1
+    custom = ScheduleSpec.from_dict({"name": "custom", "T": 3, "beta_start": None, "beta_end": None,
+                                     "betas": [0.1, 0.2, 0.3]})
+    assert custom.T == 3 and make_schedule(custom).alphas_cumprod.tolist() == pytest.approx([0.9, 0.72, 0.504])
+
+
+@pytest.mark.parametrize("kind", ["linear", "scaled_linear"])
+def test_other_beta_ranges_match_diffusers(kind):
+    from diffusers import DDPMScheduler
+
+    from pndm.schedules import schedule_from_diffusers
+
+    config = {"beta_schedule": kind, "beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 700}
+    ours = make_schedule(schedule_from_diffusers(config))
+    ref = DDPMScheduler(**config)
+    assert ours.T == 700 and ours.spec.beta_start == 0.00085
+    assert torch.allclose(ours.alphas_cumprod.float(), ref.alphas_cumprod, rtol=1e-5, atol=1e-7)
+
+
+def test_trained_betas_are_a_custom_schedule():
+    from pndm.schedules import schedule_from_diffusers
+
+    betas = torch.linspace(1e-4, 0.03, 50).tolist()
+    spec = schedule_from_diffusers({"beta_schedule": "linear", "trained_betas": betas, "num_train_timesteps": 50})
+    assert spec.name == "custom" and spec.T == 50
+    assert torch.allclose(make_schedule(spec).betas, torch.tensor(betas, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("config, field", [
+    ({"beta_schedule": "sigmoid"}, "beta_schedule='sigmoid'"),
+    ({"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr=True"),
+    ({"beta_schedule": "linear", "beta_start": 0.5, "beta_end": 0.1}, "beta range"),
+])
+def test_unsupported_scheduler_configs_name_the_field(config, field):
+    from pndm.schedules import schedule_from_diffusers
+
+    with pytest.raises(PndmError) as exc:
+        schedule_from_diffusers(config, "scheduler_config.json")
+    assert field in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("kwargs, problem", [
+    (dict(name="custom"), "needs its betas"),
+    (dict(name="linear", betas=(0.1, 0.2)), "custom"),
+    (dict(name="cosine", beta_start=1e-4), "no beta range"),
+    (dict(name="custom", betas=(0.1, 1.5)), "(0, 1)"),
+    (dict(name="sigmoid"), "unknown schedule"),
+])
+def test_bad_schedule_specs(kwargs, problem):
+    from pndm.schedules import ScheduleSpec
+
+    with pytest.raises(PndmError, match=problem.replace("(", r"\(").replace(")", r"\)")):
+        ScheduleSpec(**kwargs)

@@ -13,6 +13,7 @@ from pndm.errors import PndmError
 from pndm.export.batch import DEFAULT_BATCH
 from pndm.export.onnx_export import DEFAULT_OPSET
 from pndm.export.tensorrt import DEFAULT_OPTIMIZATION_LEVEL
+from pndm.models.cli_options import load_with_options, model_options
 
 
 def _echo_err(message: str) -> None:
@@ -78,10 +79,11 @@ def load_source(model: str | None, checkpoint: str | None, random_init: bool, tr
 @click.option("--calibration-count", type=click.IntRange(min=1), default=2, show_default=True,
               help="Number of calibration trajectories (seeds).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration noise.")
+@model_options
 @debug_option
 def build(model_name, checkpoint, out, precision, batch_text, opset, trt_mode, timing_cache, lean,
           trt_optimization_level, random_init, trust_pickle, calibration_method, calibration_steps,
-          calibration_count, seed):
+          calibration_count, seed, model_opts):
     """Export a model to ONNX (fp32, fp16), bf16 AOTInductor and TensorRT engines, verified against PyTorch.
 
     Writes unet.onnx, unet.fp16.onnx / unet.bf16.pt2 / unet.plan as asked, calibration.safetensors
@@ -96,7 +98,10 @@ def build(model_name, checkpoint, out, precision, batch_text, opset, trt_mode, t
                             calibration_method=calibration_method, calibration_steps=calibration_steps,
                             calibration_count=calibration_count, seed=seed)
     check_options(options)  # bad options fail before the model is loaded
-    model, spec = load_source(model_name, checkpoint, random_init, trust_pickle)
+    if model_opts["module"] is not None and (model_name or checkpoint or random_init):
+        raise PndmError("give one of --module, --model or --checkpoint")
+    model, spec = load_with_options(
+        model_opts, lambda: load_source(model_name, checkpoint, random_init, trust_pickle))
     result = build_engines(model, spec, options, log=_echo_err)
     click.echo(f"wrote {', '.join(result.files)} to {result.out}")
     click.echo("verification against the PyTorch fp32 model (eps on calibration pairs):")

@@ -5,6 +5,7 @@ from pndm.models.checkpoint import load_checkpoint, save_checkpoint
 from pndm.models.loading import UntrainedModelWarning, load, load_architecture
 from pndm.models.registry import find_weights, list_models, weights_dir
 from pndm.models.spec import ModelSpec
+from pndm.models.user_module import load_module
 
 __all__ = [
     "ModelSpec",
@@ -15,6 +16,7 @@ __all__ = [
     "load",
     "load_architecture",
     "load_checkpoint",
+    "load_module",
     "save_checkpoint",
     "weights_dir",
 ]

@@ -89,9 +89,15 @@ def io_names(manifest: dict) -> tuple[tuple[str, str], str]:
 def load_torch_model(source: str | Path, device="auto") -> Engine:
     """The PyTorch fp32 model behind a checkpoint path, diffusers directory or model name."""
     from pndm.models import load
-    from pndm.runtime.engines.torch_engine import TORCH_BATCH_RANGE, TorchEngine
 
     model, spec = load(str(source))
+    return torch_engine(model, spec, source, device)
+
+
+def torch_engine(model, spec, source: str | Path, device="auto") -> Engine:
+    """A loaded model (with its ModelSpec) as an fp32 PyTorch engine."""
+    from pndm.runtime.engines.torch_engine import TORCH_BATCH_RANGE, TorchEngine
+
     info = EngineInfo(
         path=str(source),
         image_shape=tuple(spec.image_shape),

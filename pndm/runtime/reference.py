@@ -1,9 +1,11 @@
 """Finding the PyTorch fp32 reference for an engine: given explicitly, or through its manifest.
 
 The manifest's ``model.source`` says where the exported weights came from: the embedded default
-model, a named model, or a checkpoint file whose SHA-256 must still match. Random-init exports
-carry their weights beside the engine (``manifest["reference"]``). A ``--reference`` may also be
-an fp32 ONNX engine.
+model, a named model, a checkpoint file whose SHA-256 must still match, a diffusers folder (every
+file read at export listed with its SHA-256 under ``files``), or a user module ``MODULE:FACTORY``
+(rebuilt from the manifest's image shape, schedule, prediction and class count, with its weights
+file and ``.py`` file hashed). Random-init exports carry their weights beside the engine
+(``manifest["reference"]``). A ``--reference`` may also be an fp32 ONNX engine.
 """
 
 from __future__ import annotations
@@ -13,7 +15,34 @@ from pathlib import Path
 from pndm.errors import EngineError
 from pndm.fileio import sha256_file
 from pndm.runtime.engines.base import Engine
-from pndm.runtime.loader import load_engine, load_torch_model
+from pndm.runtime.loader import load_engine, load_torch_model, torch_engine
+
+
+def _check_files(source: dict) -> None:
+    """Every file the export read (``source["files"]``: path relative to ``source["path"]``) is unchanged."""
+    base = Path(source.get("path") or ".")
+    for name, sha in (source.get("files") or {}).items():
+        path = Path(name) if Path(name).is_absolute() else base / name
+        if not path.is_file():
+            raise EngineError(f"{path}, which this engine was exported from, is gone: pass --reference PATH")
+        if sha256_file(path) != sha:
+            raise EngineError(f"{path} changed since this engine was exported (SHA-256 differs): "
+                              "pass --reference with the original model")
+
+
+def _module_reference(manifest: dict, device) -> Engine:
+    """The user module of a ``module`` source, rebuilt as it was exported."""
+    from pndm.models.user_module import load_module
+    from pndm.schedules import ScheduleSpec
+
+    model_info, image = manifest["model"], manifest["image"]
+    source = model_info["source"]
+    model, spec = load_module(source["module"], weights=source.get("path"),
+                              image_shape=(image["channels"], image["height"], image["width"]),
+                              schedule=ScheduleSpec.from_dict(manifest["schedule"], "manifest schedule"),
+                              prediction=model_info.get("prediction", "epsilon"),
+                              num_classes=model_info.get("num_classes"))
+    return torch_engine(model, spec, source["module"], device)
 
 
 def find_reference(
@@ -53,6 +82,12 @@ def find_reference(
                 "pass --reference with the original checkpoint"
             )
         return load_torch_model(path, device)
+    if kind == "diffusers" and source.get("path"):
+        _check_files(source)
+        return load_torch_model(source["path"], device)
+    if kind == "module" and source.get("module"):
+        _check_files(source)
+        return _module_reference(manifest, device)
     raise EngineError(
         f"the manifest does not say where the reference weights are (source {source}): pass --reference"
     )

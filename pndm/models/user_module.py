@@ -1,0 +1,183 @@
+"""The user's own network: ``MODULE:FACTORY`` returning an ``nn.Module`` with ``forward(x, t)``.
+
+``MODULE`` is an importable module name (``mypkg.nets``) or a ``.py`` file path; ``FACTORY`` a
+callable in it taking no arguments. Importing it runs the user's code because the user named it
+(no pickle is involved); weights, when given, come from a ``.safetensors`` file (no code runs).
+The module must follow the eps contract's shapes: ``x`` (B, C, H, W) float32, ``t`` (B,) float32
+timestep indices in [0, T-1] (fractional allowed), plus int64 ``class_labels`` (B,) when
+``num_classes`` is set; the output has ``x``'s shape and is the model's native prediction
+(``prediction``: epsilon, v_prediction or sample). :func:`load_module` probes this once and
+names the problem and the fix when it does not hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pndm.errors import CheckpointError, PndmError
+from pndm.fileio import sha256_file
+from pndm.models.checkpoint import read_safetensors
+from pndm.models.spec import ModelSpec
+from pndm.models.state_dicts import load_into
+from pndm.prediction import check_prediction
+from pndm.schedules import ScheduleSpec
+
+INIT_SEED = 0
+FORMAT_HINT = "give MODULE:FACTORY, e.g. mypkg.nets:make_unet or path/to/nets.py:make_unet"
+
+
+def parse_module_spec(spec: str) -> tuple[str, str]:
+    """(module, factory) of ``MODULE:FACTORY``."""
+    module, sep, factory = spec.rpartition(":")
+    if not sep or not module or not factory.isidentifier():
+        raise PndmError(f"--module {spec!r}: not MODULE:FACTORY; {FORMAT_HINT}")
+    return module, factory
+
+
+def _is_path(module: str) -> bool:
+    return module.endswith(".py") or "/" in module or "\\" in module
+
+
+def canonical_module_spec(spec: str) -> str:
+    """The spec with a ``.py`` path made absolute (what the manifest records)."""
+    module, factory = parse_module_spec(spec)
+    if _is_path(module):
+        module = str(Path(module).expanduser().resolve())
+    return f"{module}:{factory}"
+
+
+def _import(module: str, spec: str):
+    if _is_path(module):
+        path = Path(module).expanduser().resolve()
+        if not path.is_file():
+            raise PndmError(f"--module {spec!r}: no such file {path}; {FORMAT_HINT}")
+        name = "pndm_user_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
+        if name in sys.modules:
+            return sys.modules[name]
+        loader_spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(loader_spec)
+        sys.modules[name] = mod
+        try:
+            loader_spec.loader.exec_module(mod)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        return mod
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        raise PndmError(f"--module {spec!r}: cannot import {exc.name!r}; install it, put it on PYTHONPATH, "
+                        "or give the .py file's path") from None
+
+
+def build_user_module(spec: str) -> nn.Module:
+    """Import ``MODULE`` and call ``FACTORY()``; the result must be an ``nn.Module``."""
+    module, factory_name = parse_module_spec(spec)
+    try:
+        mod = _import(module, spec)
+    except PndmError:
+        raise
+    except Exception as exc:  # the user's code failed while importing: say where, in one line
+        raise PndmError(f"--module {spec!r}: importing {module} raised {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}; fix the module") from None
+    factory = getattr(mod, factory_name, None)
+    if not callable(factory):
+        raise PndmError(f"--module {spec!r}: {module} has no callable {factory_name!r}; "
+                        "name a function or class that returns the nn.Module")
+    try:
+        with torch.random.fork_rng(devices=[]):  # a reproducible initialisation when no --weights are given
+            torch.manual_seed(INIT_SEED)
+            model = factory()
+    except Exception as exc:
+        raise PndmError(f"--module {spec!r}: {factory_name}() raised {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}; it must build the model "
+                        "with no arguments") from None
+    if not isinstance(model, nn.Module):
+        raise PndmError(f"--module {spec!r}: {factory_name}() returned {type(model).__name__}, not a "
+                        "torch.nn.Module; return the network")
+    return model
+
+
+def _check_signature(model: nn.Module, spec: str, num_classes: int | None) -> None:
+    wanted = 3 if num_classes else 2
+    params = list(inspect.signature(model.forward).parameters.values())
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    call = "forward(x, t, class_labels)" if num_classes else "forward(x, t)"
+    if len(positional) < wanted or len(required) > wanted:
+        names = ", ".join(p.name for p in params)
+        raise PndmError(f"--module {spec!r}: forward({names}) does not take ({call[8:-1]}); define {call} "
+                        "(x (B,C,H,W) float32, t (B,) float32 timesteps)")
+
+
+def probe(model: nn.Module, spec: str, image_shape: tuple[int, int, int], num_classes: int | None) -> None:
+    """Call the model once on a batch of 2 and check the output's type and shape."""
+    _check_signature(model, spec, num_classes)
+    x = torch.randn(2, *image_shape, generator=torch.Generator().manual_seed(0))
+    args = (x, torch.tensor([0.0, 500.5]))
+    if num_classes:
+        args += (torch.tensor([0, num_classes - 1]),)
+    try:
+        with torch.no_grad():
+            out = model(*args)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise PndmError(f"--module {spec!r}: forward on x {tuple(x.shape)}, t (2,) raised "
+                        f"{type(exc).__name__}: "
+                        f"{first}; check --image-shape and that forward takes (x, t)") from None
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise PndmError(f"--module {spec!r}: forward returned {got} for x {tuple(x.shape)}; it must return "
+                        "one tensor of x's shape (the model's eps, v or x0 prediction)")
+
+
+def load_module(spec: str, *, image_shape: tuple[int, int, int], weights: str | Path | None = None,
+                schedule: ScheduleSpec | None = None, prediction: str = "epsilon",
+                num_classes: int | None = None) -> tuple[nn.Module, ModelSpec]:
+    """(model in eval mode, ModelSpec) for the user's ``MODULE:FACTORY`` (module doc).
+
+    ``weights``: a ``.safetensors`` state dict loaded strictly into the built module (else the
+    factory's own initialisation, under ``torch.manual_seed(0)`` so it can be rebuilt, is exported).
+    ``schedule``: the training schedule (default
+    linear 1e-4..0.02, T=1000). ``num_classes``: set for class-conditional models.
+    """
+    check_prediction(prediction)
+    if len(image_shape) != 3 or not all(isinstance(s, int) and s > 0 for s in image_shape):
+        raise PndmError(f"image shape {image_shape!r} is not C,H,W with positive integers; e.g. 3,32,32")
+    if num_classes is not None and num_classes < 1:
+        raise PndmError(f"--num-classes {num_classes}: must be a positive integer")
+    canonical = canonical_module_spec(spec)
+    model = build_user_module(spec)
+    files, sha, path = {}, None, None
+    if weights is not None:
+        path = Path(weights).expanduser().resolve()
+        if path.suffix != ".safetensors":
+            raise CheckpointError(f"--weights {weights}: give a .safetensors file (torch pickles can carry "
+                                  "code)")
+        load_into(model, read_safetensors(path)[0], path, f"module {canonical}")
+        sha = sha256_file(path)
+        files[str(path)] = sha
+    module = parse_module_spec(canonical)[0]
+    if _is_path(module):
+        files[module] = sha256_file(module)
+    model = model.float().eval()
+    probe(model, spec, tuple(image_shape), num_classes)
+    schedule = schedule or ScheduleSpec("linear")
+    described = f"module {canonical}" + (f" with weights {path}" if path else " (its own initialisation)")
+    model_spec = ModelSpec(
+        architecture="module", config={"module": canonical}, image_shape=tuple(image_shape),
+        schedule=schedule.name, T=schedule.T, schedule_spec=schedule, source=described, source_kind="module",
+        sha256=sha, path=str(path) if path else None, prediction=prediction, num_classes=num_classes,
+        files=files, module=canonical,
+    )
+    return model, model_spec
