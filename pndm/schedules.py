@@ -157,6 +157,11 @@ def schedule_from_diffusers(config: dict[str, Any], what: str = "scheduler confi
     squaredcos_cap_v2 -> cosine, with ``beta_start``/``beta_end``/``num_train_timesteps``
     (diffusers' defaults 1e-4, 0.02, 1000 when absent). Anything else: one line naming the field.
     """
+    if "beta_schedule" not in config and "trained_betas" not in config and "sigma_max" in config:
+        kind = config.get("_class_name", "this scheduler")
+        raise PndmError(f"{what}: {kind} describes noise levels by sigma (sigma_min/sigma_max), not "
+                        "betas; give the schedule to sample with: --schedule with --beta-start/--beta-end "
+                        "or --betas")
     for key, supported in UNSUPPORTED_SCHEDULER_FIELDS.items():
         if config.get(key, supported) != supported:
             raise PndmError(f"{what}: {key}={config[key]!r} is not supported (pndm needs {supported!r}); "
@@ -181,6 +186,19 @@ def schedule_from_diffusers(config: dict[str, Any], what: str = "scheduler confi
                         "type; fix the scheduler config") from None
 
 
+def interpolate_log_alpha_bar(nodes: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """log alpha_bar at fractional ``t`` from ``nodes`` = log alpha_bar at -1, 0, ..., T-1 (module doc).
+
+    Pure tensor code without checks, so it also runs inside an exported graph (t outside
+    [-1, T-1] extrapolates the end segments).
+    """
+    T = nodes.shape[0] - 1
+    left = torch.floor(t).clamp(-1, T - 2)  # segment [left, left + 1]
+    w = t - left
+    i = (left + 1).long()  # position of node `left` in `nodes`
+    return (1 - w) * nodes[i] + w * nodes[i + 1]
+
+
 @dataclass(frozen=True)
 class Schedule:
     """A discrete noise schedule with a continuous extension to fractional t (see module doc)."""
@@ -192,7 +210,7 @@ class Schedule:
     spec: ScheduleSpec | None = None
 
     @property
-    def _log_nodes(self) -> torch.Tensor:
+    def log_nodes(self) -> torch.Tensor:
         """log alpha_bar at the nodes -1, 0, ..., T-1 (T+1 values, the first is 0)."""
         zero = torch.zeros(1, dtype=torch.float64)
         return torch.cat([zero, torch.log(self.alphas_cumprod)])
@@ -208,11 +226,7 @@ class Schedule:
         """log alpha_bar(t), piecewise linear between integer nodes; float64 on t's device."""
         t = torch.as_tensor(t, dtype=torch.float64)
         self._check_range(t)
-        nodes = self._log_nodes.to(t.device)
-        left = torch.floor(t).clamp(-1, self.T - 2)  # segment [left, left + 1]
-        w = t - left
-        i = (left + 1).long()  # position of node `left` in `nodes`
-        return (1 - w) * nodes[i] + w * nodes[i + 1]
+        return interpolate_log_alpha_bar(self.log_nodes.to(t.device), t)
 
     def alpha_bar(self, t: torch.Tensor | float) -> torch.Tensor:
         """alpha_bar(t) for (fractional) t in [-1, T-1]; alpha_bar(-1) = 1. Float64."""
@@ -232,7 +246,7 @@ class Schedule:
     def t_of_alpha_bar(self, alpha_bar: torch.Tensor | float) -> torch.Tensor:
         """Inverse of :meth:`alpha_bar`: the fractional t in [-1, T-1] with that alpha_bar."""
         target = -torch.log(torch.as_tensor(alpha_bar, dtype=torch.float64))
-        rising = -self._log_nodes.to(target.device)  # increasing in t
+        rising = -self.log_nodes.to(target.device)  # increasing in t
         if target.numel() and (bool((target < 0).any()) or bool((target > rising[-1]).any())):
             raise PndmError(
                 f"alpha_bar outside the {self.name} schedule's range "

@@ -44,6 +44,6 @@ def test_matches_diffusers_ddim_conversion():
 
 
 def test_unknown_prediction_type_is_one_line():
-    with pytest.raises(PndmError, match="unknown prediction type 'flow'; choose one of epsilon, v_prediction, "
-                                        "sample"):
+    with pytest.raises(PndmError, match="unknown prediction type 'flow'; choose one of epsilon, "
+                                        "v_prediction, sample"):
         to_eps(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1), torch.zeros(1), "flow")

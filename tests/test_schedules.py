@@ -92,7 +92,8 @@ def test_schedule_spec_fills_the_default_range_and_round_trips():
     assert ScheduleSpec.from_dict({"name": "linear", "T": 1000}) == ScheduleSpec()  # pndm-engine/1
     custom = ScheduleSpec.from_dict({"name": "custom", "T": 3, "beta_start": None, "beta_end": None,
                                      "betas": [0.1, 0.2, 0.3]})
-    assert custom.T == 3 and make_schedule(custom).alphas_cumprod.tolist() == pytest.approx([0.9, 0.72, 0.504])
+    assert custom.T == 3
+    assert make_schedule(custom).alphas_cumprod.tolist() == pytest.approx([0.9, 0.72, 0.504])
 
 
 @pytest.mark.parametrize("kind", ["linear", "scaled_linear"])
@@ -112,7 +113,8 @@ def test_trained_betas_are_a_custom_schedule():
     from pndm.schedules import schedule_from_diffusers
 
     betas = torch.linspace(1e-4, 0.03, 50).tolist()
-    spec = schedule_from_diffusers({"beta_schedule": "linear", "trained_betas": betas, "num_train_timesteps": 50})
+    config = {"beta_schedule": "linear", "trained_betas": betas, "num_train_timesteps": 50}
+    spec = schedule_from_diffusers(config)
     assert spec.name == "custom" and spec.T == 50
     assert torch.allclose(make_schedule(spec).betas, torch.tensor(betas, dtype=torch.float64))
 

@@ -20,8 +20,10 @@ def _echo_err(message: str) -> None:
     click.echo(message, err=True)
 
 
-def load_source(model: str | None, checkpoint: str | None, random_init: bool, trust_pickle: bool):
-    """(model, spec) for the --model / --checkpoint options (neither: the embedded default model)."""
+def load_source(model: str | None, checkpoint: str | None, random_init: bool, trust_pickle: bool, *,
+                schedule=None, prediction: str | None = None):
+    """(model, spec) for the --model / --checkpoint options (neither: the embedded default model);
+    ``schedule``/``prediction`` override what the model's config says."""
     from pndm.models import UntrainedModelWarning, load
 
     if model is not None and checkpoint is not None:
@@ -36,7 +38,8 @@ def load_source(model: str | None, checkpoint: str | None, random_init: bool, tr
         source = model or "default"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UntrainedModelWarning)
-        loaded = load(source, allow_pickle=trust_pickle, random_init=random_init)
+        loaded = load(source, allow_pickle=trust_pickle, random_init=random_init, schedule=schedule,
+                      prediction=prediction)
     for warning in caught:
         _echo_err(f"warning: {warning.message}")
     return loaded
@@ -101,7 +104,7 @@ def build(model_name, checkpoint, out, precision, batch_text, opset, trt_mode, t
     if model_opts["module"] is not None and (model_name or checkpoint or random_init):
         raise PndmError("give one of --module, --model or --checkpoint")
     model, spec = load_with_options(
-        model_opts, lambda: load_source(model_name, checkpoint, random_init, trust_pickle))
+        model_opts, lambda **over: load_source(model_name, checkpoint, random_init, trust_pickle, **over))
     result = build_engines(model, spec, options, log=_echo_err)
     click.echo(f"wrote {', '.join(result.files)} to {result.out}")
     click.echo("verification against the PyTorch fp32 model (eps on calibration pairs):")

@@ -110,8 +110,8 @@ def model_options(command):
 
 
 def load_with_options(opts: dict, load_other):
-    """(model, spec) from the options: ``--module`` here, any other source through ``load_other()``,
-    then the schedule/prediction overrides."""
+    """(model, spec) from the options: ``--module`` here, any other source through
+    ``load_other(schedule=..., prediction=...)`` (:func:`pndm.models.load`'s overrides)."""
     from pndm.models.user_module import load_module
 
     schedule = schedule_from_options(opts["schedule"], opts["T"], opts["beta_start"], opts["beta_end"],
@@ -125,11 +125,4 @@ def load_with_options(opts: dict, load_other):
     for name in ("weights", "image_shape", "num_classes"):
         if opts[name] is not None:
             raise PndmError(f"--{name.replace('_', '-')} goes with --module: drop it, or add --module")
-    model, spec = load_other()
-    if schedule is not None:
-        spec = spec.replace_schedule(schedule)
-    if opts["prediction"] is not None:
-        import dataclasses
-
-        spec = dataclasses.replace(spec, prediction=opts["prediction"])
-    return model, spec
+    return load_other(schedule=schedule, prediction=opts["prediction"])

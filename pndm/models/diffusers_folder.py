@@ -100,21 +100,24 @@ def _relative(path: Path, root: Path) -> str:
         return str(Path("..") / path.relative_to(root.parent))
 
 
-def read_folder(path: Path, allow_pickle: bool = False) -> tuple[DiffusersFolder, dict[str, torch.Tensor]]:
-    """The folder's description and its UNet weights (diffusers names)."""
+def read_folder(path: Path, allow_pickle: bool = False, schedule: ScheduleSpec | None = None
+                ) -> tuple[DiffusersFolder, dict[str, torch.Tensor]]:
+    """The folder's description and its UNet weights (diffusers names); ``schedule`` overrides the
+    scheduler config's."""
     unet = _unet_folder(path)
     config = read_json(unet / "config.json", "diffusers config")
     state, weights = read_weights(unet, allow_pickle)
     sched_path = _scheduler_config(path, unet)
     if sched_path is not None:
         sched = read_json(sched_path, "scheduler config")
-        try:
-            schedule = schedule_from_diffusers(sched, str(sched_path))
-        except PndmError as exc:
-            raise CheckpointError(str(exc)) from None
+        if schedule is None:
+            try:
+                schedule = schedule_from_diffusers(sched, str(sched_path))
+            except PndmError as exc:
+                raise CheckpointError(str(exc)) from None
         prediction = _prediction(sched, sched_path)
     else:
-        schedule, prediction = ScheduleSpec("linear"), "epsilon"
+        schedule, prediction = schedule or ScheduleSpec("linear"), "epsilon"
     read = [unet / "config.json", weights] + ([sched_path] if sched_path else [])
     if (path / "model_index.json").is_file():
         read.append(path / "model_index.json")
@@ -134,18 +137,37 @@ class DiffusersUNet(nn.Module):
     class-conditional UNet (``num_class_embeds``) takes int64 ``class_labels`` (B,). Returns the
     UNet's native output; a UNet with twice the image channels (a learned variance) returns the
     first half, the mean prediction.
+
+    ``time_embedding_type="fourier"`` UNets are score-SDE VE networks (Song et al. 2021): they take
+    the noise level sigma, embed log(sigma), and return ``F / sigma``, the score of
+    ``x_ve = x0 + sigma eps``, whose training target makes ``F = -eps``. Given ``ve_schedule`` (the
+    VP schedule to sample with), the wrapper maps the VP state onto the VE one (Karras et al. 2022,
+    eq. 4: ``x_ve = x_t / sqrt(ab)``, ``sigma = sqrt((1 - ab) / ab)``, ``ab = alpha_bar(t)``
+    interpolated in the graph) and returns ``eps = -sigma * unet(x_ve, sigma)``.
     """
 
-    def __init__(self, unet: nn.Module):
+    def __init__(self, unet: nn.Module, ve_schedule: ScheduleSpec | None = None):
         super().__init__()
         self.unet = unet
         self.channels = int(unet.config.in_channels)
         self.num_classes = unet.config.num_class_embeds
+        self.ve_schedule = ve_schedule
+        if ve_schedule is not None:
+            from pndm.schedules import make_schedule
+
+            self.register_buffer("log_nodes", make_schedule(ve_schedule).log_nodes.float(), persistent=False)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor,
                 class_labels: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.unet(x, t, class_labels=class_labels, return_dict=False)[0]
-        return out[:, : self.channels]
+        if self.ve_schedule is None:
+            return self.unet(x, t, class_labels=class_labels, return_dict=False)[0][:, : self.channels]
+        from pndm.schedules import interpolate_log_alpha_bar
+
+        log_ab = interpolate_log_alpha_bar(self.log_nodes, t)
+        sigma = torch.sqrt(torch.expm1(-log_ab))  # sqrt((1 - ab) / ab)
+        x_ve = x * torch.exp(-0.5 * log_ab).view(-1, 1, 1, 1)
+        score = self.unet(x_ve, sigma, class_labels=class_labels, return_dict=False)[0][:, : self.channels]
+        return -sigma.view(-1, 1, 1, 1) * score
 
 
 def _check_wrappable(cfg: dict[str, Any], where: Path) -> None:
@@ -159,11 +181,10 @@ def _check_wrappable(cfg: dict[str, Any], where: Path) -> None:
             f"{where}: class_embed_type={cfg['class_embed_type']!r} is not supported; class-conditional "
             "models must use num_class_embeds (integer labels)"
         )
-    if cfg["time_embedding_type"] == "fourier":
+    if cfg["time_embedding_type"] not in ("positional", "fourier"):
         raise CheckpointError(
-            f"{where}: time_embedding_type='fourier' UNet2DModels are score-SDE (VE) models that take the "
-            "noise level sigma and divide their output by it, not a timestep index; they are not supported "
-            "yet"
+            f"{where}: time_embedding_type={cfg['time_embedding_type']!r} is not supported; supported: "
+            "positional, fourier"
         )
     out, channels = cfg["out_channels"], cfg["in_channels"]
     if out not in (channels, 2 * channels):
@@ -193,7 +214,8 @@ def build_diffusers_unet(folder: DiffusersFolder, state: dict[str, torch.Tensor]
     from pndm.models.state_dicts import load_into
 
     load_into(unet, state, folder.weights, "diffusers UNet2DModel of this config.json")
-    return DiffusersUNet(unet.float().eval()).eval()
+    ve_schedule = folder.schedule if cfg["time_embedding_type"] == "fourier" else None
+    return DiffusersUNet(unet.float().eval(), ve_schedule).eval()
 
 
 def _legacy_renamed(key: str) -> str:
@@ -211,10 +233,12 @@ def image_shape_of(cfg: dict[str, Any], where: Path) -> tuple[int, int, int]:
     return int(cfg.get("in_channels", DIFFUSERS_DEFAULTS["in_channels"])), int(height), int(width)
 
 
-def load_folder(path: Path, allow_pickle: bool = False
+def load_folder(path: Path, allow_pickle: bool = False, schedule: ScheduleSpec | None = None
                 ) -> tuple[nn.Module, str, dict[str, Any], DiffusersFolder, tuple[str, ...]]:
-    """(model, architecture, config, folder, notes): the exact DDPM mapping if one exists, else diffusers'."""
-    folder, state = read_folder(path, allow_pickle)
+    """(model, architecture, config, folder, notes): the exact DDPM mapping if one exists, else diffusers'.
+
+    ``schedule``: the schedule to use instead of the scheduler config's (module doc)."""
+    folder, state = read_folder(path, allow_pickle, schedule)
     cfg = {**DIFFUSERS_DEFAULTS, **folder.config}
     try:
         ddpm_config = ddpm_config_from_diffusers(cfg, folder.unet)

@@ -122,10 +122,11 @@ def _load_file(path: Path, config: ConfigArg, allow_pickle: bool) -> tuple[nn.Mo
     return model.eval(), spec
 
 
-def _load_diffusers(path: Path, allow_pickle: bool) -> tuple[nn.Module, ModelSpec]:
+def _load_diffusers(path: Path, allow_pickle: bool, schedule: ScheduleSpec | None
+                    ) -> tuple[nn.Module, ModelSpec]:
     from pndm.models.diffusers_folder import image_shape_of
 
-    model, architecture, config, folder, notes = load_folder(path, allow_pickle)
+    model, architecture, config, folder, notes = load_folder(path, allow_pickle, schedule)
     schedule = folder.schedule
     num_classes = getattr(model, "num_classes", None)
     spec = ModelSpec(
@@ -139,12 +140,12 @@ def _load_diffusers(path: Path, allow_pickle: bool) -> tuple[nn.Module, ModelSpe
     return model.eval(), spec
 
 
-def load_path(path: str | Path, config: ConfigArg = None, *,
-              allow_pickle: bool = False) -> tuple[nn.Module, ModelSpec]:
+def load_path(path: str | Path, config: ConfigArg = None, *, allow_pickle: bool = False,
+              schedule: ScheduleSpec | None = None) -> tuple[nn.Module, ModelSpec]:
     """Load a weights file or a diffusers folder (see ``load``)."""
     path = Path(path).expanduser()
     if path.is_dir():
-        return _load_diffusers(path, allow_pickle)
+        return _load_diffusers(path, allow_pickle, schedule)
     if not path.is_file():
         raise PndmError(
             f"{path}: no such file or folder, and not a named model (valid names: {', '.join(valid_names())})"
@@ -222,13 +223,26 @@ def _architecture_differs(spec: ModelSpec, entry: registry.NamedModel) -> bool:
 
 
 def load(source: str | Path, config: ConfigArg = None, *, allow_pickle: bool = False,
-         random_init: bool = False) -> tuple[nn.Module, ModelSpec]:
+         random_init: bool = False, schedule: ScheduleSpec | None = None,
+         prediction: str | None = None) -> tuple[nn.Module, ModelSpec]:
     """(model in eval mode, ModelSpec) for ``source``; see the module docstring for the kinds.
 
     ``config``: a dict or JSON/YAML path; overrides the config found beside a weights file.
     ``allow_pickle``: trust a torch file whose pickle carries code (pndm refuses it otherwise).
     ``random_init``: for a named model or architecture, build it untrained instead of loading weights.
+    ``schedule`` / ``prediction``: how the model was trained, overriding what its config (or a
+    diffusers scheduler config) says.
     """
+    model, spec = _load(source, config, allow_pickle, random_init, schedule)
+    if schedule is not None and spec.schedule_spec != schedule:
+        spec = spec.replace_schedule(schedule)
+    if prediction is not None:
+        spec = dataclasses.replace(spec, prediction=prediction)
+    return model, spec
+
+
+def _load(source: str | Path, config: ConfigArg, allow_pickle: bool, random_init: bool,
+          schedule: ScheduleSpec | None) -> tuple[nn.Module, ModelSpec]:
     is_name = isinstance(source, str) and not Path(source).exists() and Path(source).suffix == ""
     if is_name and (random_init or source in MODULES):
         return load_architecture(source, config)
@@ -236,4 +250,4 @@ def load(source: str | Path, config: ConfigArg = None, *, allow_pickle: bool = F
         return _load_named(source, config, allow_pickle)
     if is_name and "/" not in source:
         raise _unknown_name(source)
-    return load_path(source, config, allow_pickle=allow_pickle)
+    return load_path(source, config, allow_pickle=allow_pickle, schedule=schedule)
