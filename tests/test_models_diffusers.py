@@ -1,4 +1,4 @@
-"""Diffusers UNet2DModel folders map exactly onto the DDPM UNet, or are refused naming the option."""
+"""Diffusers UNet2DModel folders map exactly onto the DDPM UNet, or run diffusers' module naming why."""
 
 import json
 import shutil
@@ -57,7 +57,7 @@ def test_legacy_attention_names_and_bin_weights(tmp_path):
     torch.save(legacy, folder / "diffusion_pytorch_model.bin")
     model, spec = load(folder)
     assert _max_diff(unet, model) < 1e-4
-    assert spec.path.endswith("diffusion_pytorch_model.bin")
+    assert "diffusion_pytorch_model.bin" in spec.files and spec.path == str(folder.resolve())
 
 
 @pytest.mark.parametrize("beta_schedule,expected",
@@ -70,23 +70,21 @@ def test_pipeline_folder_with_scheduler(testdata, tmp_path, beta_schedule, expec
         {"_class_name": "DDPMScheduler", "beta_schedule": beta_schedule, "beta_start": 0.0001,
          "beta_end": 0.02, "num_train_timesteps": 4000}))
     _, spec = load(pipeline)
-    assert (spec.schedule, spec.T) == (expected, 4000)
+    assert (spec.schedule, spec.T) == (expected, 4000) and spec.architecture == "ddpm"
 
 
 @pytest.mark.parametrize("option,value", [
     ("freq_shift", 0), ("norm_eps", 1e-5), ("downsample_padding", 1), ("attention_head_dim", 8),
-    ("act_fn", "gelu"), ("resnet_time_scale_shift", "scale_shift"), ("time_embedding_type", "fourier"),
-    ("center_input_sample", True),
-])
-def test_unmappable_options_are_refused_by_name(testdata, tmp_path, option, value):
+    ("act_fn", "gelu"), ("center_input_sample", True),
+])  # scale-shift resnets change the weights' shapes: covered with their own weights in the matrix tests
+def test_unmappable_options_run_diffusers_module_naming_the_option(testdata, tmp_path, option, value):
+    pytest.importorskip("diffusers")
     folder = tmp_path / "unet"
     shutil.copytree(testdata / "diffusers_ddpm_tiny", folder)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, option: value}))
-    with pytest.raises(CheckpointError) as exc:
-        load(folder)
-    message = str(exc.value)
-    assert f"{option}={value!r}" in message and "\n" not in message
+    _, spec = load(folder)
+    assert spec.architecture == "diffusers" and f"{option}={value!r}" in spec.notes[0]
 
 
 def test_unknown_weight_is_refused(testdata, tmp_path):
@@ -108,13 +106,13 @@ def test_folder_without_config(tmp_path):
 
 def test_absent_options_mean_diffusers_defaults(testdata, tmp_path):
     """An old config.json without freq_shift means diffusers' default 0, which is not mappable."""
+    pytest.importorskip("diffusers")
     folder = tmp_path / "unet"
     shutil.copytree(testdata / "diffusers_ddpm_tiny", folder)
     config = json.loads((folder / "config.json").read_text())
     del config["freq_shift"]
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="freq_shift=0"):
-        load(folder)
+    assert "freq_shift=0" in load(folder)[1].notes[0]
 
 
 def test_google_ddpm_cifar10_layout_maps_onto_the_original(testdata):

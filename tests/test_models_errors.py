@@ -155,10 +155,13 @@ def test_missing_file_and_unsupported_suffix(tmp_path):
 
 def test_bad_config_values(testdata, tmp_path):
     path = _copy_tiny(testdata, tmp_path, with_config=False)
-    with pytest.raises(PndmError, match="not supported"):
-        model = {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [16], "resolution": 32}
-        diffusion = {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.05}
-        load(path, config={"model": model, "diffusion": diffusion})
+    model = {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [16], "resolution": 32}
+    diffusion = {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.05}  # other ranges are fine
+    assert load(path, config={"model": model, "diffusion": diffusion})[1].schedule_spec.beta_end == 0.05
+    with pytest.raises(PndmError, match=r"beta range 0.0001..1.5 is invalid"):
+        load(path, config={"model": model, "diffusion": {**diffusion, "beta_end": 1.5}})
+    with pytest.raises(PndmError, match="unsupported beta schedule 'sigmoid'"):
+        load(path, config={"model": model, "diffusion": {**diffusion, "beta_schedule": "sigmoid"}})
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
     with pytest.raises(PndmError, match="cannot read config"):

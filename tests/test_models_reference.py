@@ -25,7 +25,8 @@ def test_reference_forward_pass(testdata, source, reference, architecture, sched
     assert not model.training
     assert (spec.architecture, spec.schedule, spec.T) == (architecture, schedule, 1000)
     assert spec.image_shape == (3, 32, 32)
-    assert spec.source_kind == "checkpoint" and len(spec.sha256) == 64
+    assert spec.source_kind == ("diffusers" if source.startswith("diffusers") else "checkpoint")
+    assert len(spec.sha256) == 64
 
 
 @pytest.mark.parametrize("source", ["original_ddpm_tiny.ckpt", "iddpm_tiny.ckpt"])

@@ -1,0 +1,97 @@
+"""Every UNet2DModel configuration of the matrix loads and computes what diffusers computes (PyTorch)."""
+
+import json
+
+import pytest
+import torch
+from diffusers_fixtures import CONFIGS, SIZE, save_pipeline, save_unet, scheduler_kwargs
+
+from pndm.errors import CheckpointError, PndmError
+from pndm.models import load
+from pndm.schedules import ScheduleSpec, make_schedule
+
+pytest.importorskip("diffusers")
+
+
+def _inputs(num_classes=None):
+    g = torch.Generator().manual_seed(1)
+    x, t = torch.randn(2, 3, SIZE, SIZE, generator=g), torch.tensor([0.0, 997.5])
+    return (x, t) if num_classes is None else (x, t, torch.tensor([0, num_classes - 1]))
+
+
+@pytest.mark.parametrize("name", [n for n in CONFIGS if n != "fourier_skip"])
+def test_loaded_model_computes_the_diffusers_unet(tmp_path, name):
+    unet, folder = save_unet(tmp_path / "unet", name)
+    model, spec = load(folder)
+    args = _inputs(spec.num_classes)
+    with torch.no_grad():
+        expected = unet(args[0], args[1], class_labels=args[2] if len(args) == 3 else None).sample
+        got = model(*args)
+    assert (got - expected).abs().max().item() < 1e-4
+    assert spec.architecture == ("ddpm" if name == "cifar10_layout" else "diffusers")
+    assert spec.source_kind == "diffusers" and spec.image_shape == (3, SIZE, SIZE)
+    assert spec.num_classes == (5 if name == "class_conditional" else None)
+    assert set(spec.files) == {"config.json", "diffusion_pytorch_model.safetensors"}
+
+
+def test_fourier_unet_is_a_ve_score_model_mapped_to_eps(tmp_path):
+    """eps(x_t, t) = -sigma * unet(x_t / sqrt(ab), sigma) with sigma = sqrt((1 - ab) / ab)."""
+    unet, folder = save_unet(tmp_path / "unet", "fourier_skip")
+    model, spec = load(folder, schedule=ScheduleSpec("cosine"))
+    x, t = _inputs()
+    schedule = make_schedule("cosine")
+    ab, sigma = schedule.alpha_bar(t).float(), schedule.sigma(t).float()  # sigma in float64: 1 - ab cancels
+    with torch.no_grad():
+        expected = -sigma.view(-1, 1, 1, 1) * unet(x / ab.sqrt().view(-1, 1, 1, 1), sigma).sample
+        got = model(x, t)
+    assert torch.isfinite(got).all() and (got - expected).abs().max().item() < 1e-3 * expected.abs().max()
+    assert spec.schedule == "cosine" and spec.prediction == "epsilon"
+
+
+@pytest.mark.parametrize("prediction", ["v_prediction", "sample"])
+def test_pipeline_folder_gives_schedule_and_prediction(tmp_path, prediction):
+    unet, _ = save_unet(tmp_path / "scratch", "default")
+    folder = save_pipeline(tmp_path / "pipe", unet, "DDIMPipeline", "DDIMScheduler",
+                           **scheduler_kwargs(prediction_type=prediction, num_train_timesteps=800))
+    _, spec = load(folder)
+    assert spec.prediction == prediction
+    assert spec.schedule_spec == ScheduleSpec("quad", 800, 0.00085, 0.012)
+    assert spec.path == str(folder.resolve())
+    assert set(spec.files) == {"model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+                               "scheduler/scheduler_config.json"}
+
+
+def test_pipeline_folder_without_unet_is_one_line(tmp_path):
+    unet, _ = save_unet(tmp_path / "scratch", "default")
+    folder = save_pipeline(tmp_path / "pipe", unet)
+    for f in (folder / "unet").iterdir():
+        f.unlink()
+    (folder / "unet").rmdir()
+    with pytest.raises(CheckpointError) as exc:
+        load(folder)
+    assert "without a unet/ folder" in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("beta_schedule", "sigmoid", "beta_schedule='sigmoid' is not supported"),
+    ("prediction_type", "flow", "prediction_type='flow' is not supported"),
+    ("rescale_betas_zero_snr", True, "rescale_betas_zero_snr=True is not supported"),
+])
+def test_unsupported_scheduler_configs_are_one_line(tmp_path, field, value, named):
+    unet, _ = save_unet(tmp_path / "scratch", "default")
+    folder = save_pipeline(tmp_path / "pipe", unet)
+    path = folder / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    with pytest.raises(PndmError) as exc:
+        load(folder)
+    assert named in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_without_diffusers_the_error_says_how_to_install(tmp_path, monkeypatch):
+    from pndm.models import diffusers_folder
+
+    _, folder = save_unet(tmp_path / "unet", "default")
+    monkeypatch.setattr(diffusers_folder, "diffusers_available", lambda: False)
+    with pytest.raises(PndmError, match=r"pip install 'pndm\[diffusers\]'"):
+        load(folder)
+    load(save_unet(tmp_path / "mapped", "cifar10_layout")[1])  # the exact mapping needs no diffusers
