@@ -13,14 +13,14 @@ import pytest
 import torch
 
 SIZE = 16
-LEVELS = dict(block_out_channels=(32, 64), layers_per_block=1,
-              down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+LEVELS = dict(block_out_channels=(32, 64), layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+              up_block_types=("AttnUpBlock2D", "UpBlock2D"))
 CONFIGS = {
     # diffusers' own defaults (what its unconditional training example writes), tiny channels
     "default": dict(sample_size=SIZE, **LEVELS),
     # google/ddpm-cifar10-32's option values: maps exactly onto pndm's DDPM UNet
-    "cifar10_layout": dict(sample_size=SIZE, **LEVELS, downsample_padding=0, flip_sin_to_cos=False, freq_shift=1,
-                           norm_eps=1e-6, attention_head_dim=None),
+    "cifar10_layout": dict(sample_size=SIZE, **LEVELS, downsample_padding=0, flip_sin_to_cos=False,
+                           freq_shift=1, norm_eps=1e-6, attention_head_dim=None),
     "fourier_skip": dict(sample_size=SIZE, block_out_channels=(32, 64), layers_per_block=1,
                          time_embedding_type="fourier", norm_num_groups=8,
                          down_block_types=("SkipDownBlock2D", "AttnSkipDownBlock2D"),

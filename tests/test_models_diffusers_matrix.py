@@ -57,8 +57,8 @@ def test_pipeline_folder_gives_schedule_and_prediction(tmp_path, prediction):
     assert spec.prediction == prediction
     assert spec.schedule_spec == ScheduleSpec("quad", 800, 0.00085, 0.012)
     assert spec.path == str(folder.resolve())
-    assert set(spec.files) == {"model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
-                               "scheduler/scheduler_config.json"}
+    assert set(spec.files) == {"model_index.json", "unet/config.json",
+                               "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"}
 
 
 def test_pipeline_folder_without_unet_is_one_line(tmp_path):
