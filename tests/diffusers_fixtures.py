@@ -13,7 +13,8 @@ import pytest
 import torch
 
 SIZE = 16
-LEVELS = dict(block_out_channels=(32, 64), layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+LEVELS = dict(block_out_channels=(32, 64), layers_per_block=1,
+              down_block_types=("DownBlock2D", "AttnDownBlock2D"),
               up_block_types=("AttnUpBlock2D", "UpBlock2D"))
 CONFIGS = {
     # diffusers' own defaults (what its unconditional training example writes), tiny channels
