@@ -1,0 +1,124 @@
+"""User modules (MODULE:FACTORY): loading, weights, and the one-line errors for bad modules."""
+
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from pndm.errors import PndmError
+from pndm.models import load_module
+from pndm.schedules import ScheduleSpec
+
+NETS = textwrap.dedent('''
+    import math
+    import torch
+    from torch import nn
+
+
+    class TinyNet(nn.Module):
+        """Not a UNet2DModel: three convs with a sinusoidal time embedding added as a bias."""
+
+        def __init__(self, channels=3, width=8):
+            super().__init__()
+            self.inp = nn.Conv2d(channels, width, 3, padding=1)
+            self.temb = nn.Linear(16, width)
+            self.out = nn.Conv2d(width, channels, 3, padding=1)
+
+        def forward(self, x, t):
+            freqs = torch.exp(-math.log(10000.0) * torch.arange(8, dtype=torch.float32) / 8)
+            arg = t[:, None].float() * freqs[None]
+            emb = self.temb(torch.cat([arg.sin(), arg.cos()], 1))
+            return self.out(torch.nn.functional.silu(self.inp(x) + emb[:, :, None, None]))
+
+
+    def make():
+        return TinyNet()
+
+
+    def one_input():
+        class Net(nn.Module):
+            def forward(self, x):
+                return x
+        return Net()
+
+
+    def wrong_shape():
+        class Net(nn.Module):
+            def forward(self, x, t):
+                return x[:, :1]
+        return Net()
+
+
+    def not_a_module():
+        return 42
+
+
+    def broken():
+        raise RuntimeError("out of coffee")
+''')
+
+
+@pytest.fixture
+def nets(tmp_path):
+    path = tmp_path / "nets.py"
+    path.write_text(NETS)
+    return path
+
+
+def test_module_from_a_py_path_with_weights(nets, tmp_path):
+    model, spec = load_module(f"{nets}:make", image_shape=(3, 8, 8))
+    weights = tmp_path / "w.safetensors"
+    state = {k: v + 0.1 for k, v in model.state_dict().items()}
+    save_file(state, str(weights))
+    schedule = ScheduleSpec("quad", 500, 0.00085, 0.012)
+    loaded, spec = load_module(f"{nets}:make", image_shape=(3, 8, 8), weights=weights, schedule=schedule,
+                               prediction="v_prediction")
+    assert torch.equal(loaded.state_dict()["inp.weight"], state["inp.weight"])
+    assert (spec.source_kind, spec.module, spec.prediction) == ("module", f"{nets.resolve()}:make", "v_prediction")
+    assert spec.schedule_spec == schedule and spec.T == 500
+    assert set(spec.files) == {str(weights.resolve()), str(nets.resolve())} and spec.sha256 in spec.files.values()
+    source = spec.manifest_source()
+    assert source["kind"] == "module" and source["path"] == str(weights.resolve())
+
+
+def test_without_weights_the_initialisation_is_reproducible(nets):
+    a, _ = load_module(f"{nets}:make", image_shape=(3, 8, 8))
+    b, _ = load_module(f"{nets}:make", image_shape=(3, 8, 8))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("factory, problem", [
+    ("one_input", "forward(x) does not take (x, t); define forward(x, t)"),
+    ("wrong_shape", "forward returned (2, 1, 8, 8) for x (2, 3, 8, 8); it must return one tensor of x's shape"),
+    ("not_a_module", "make_it() returned int, not a torch.nn.Module"),
+    ("broken", "broken() raised RuntimeError: out of coffee"),
+    ("absent", "has no callable 'absent'"),
+])
+def test_bad_modules_are_one_line(nets, factory, problem):
+    if factory == "not_a_module":
+        nets.write_text(NETS + "\nmake_it = not_a_module\n")
+        factory = "make_it"
+    with pytest.raises(PndmError) as exc:
+        load_module(f"{nets}:{factory}", image_shape=(3, 8, 8))
+    assert problem in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("spec, problem", [
+    ("no_colon", "not MODULE:FACTORY"),
+    ("surely_not_installed_pkg:make", "cannot import 'surely_not_installed_pkg'"),
+    ("missing/nets.py:make", "no such file"),
+])
+def test_bad_module_specs(spec, problem):
+    with pytest.raises(PndmError, match=problem):
+        load_module(spec, image_shape=(3, 8, 8))
+
+
+def test_bad_weights_and_image_shape(nets, tmp_path):
+    with pytest.raises(PndmError, match="give a .safetensors file"):
+        load_module(f"{nets}:make", image_shape=(3, 8, 8), weights=tmp_path / "w.ckpt")
+    save_file({"unrelated": torch.zeros(1)}, str(tmp_path / "w.safetensors"))
+    with pytest.raises(PndmError, match="does not fit"):
+        load_module(f"{nets}:make", image_shape=(3, 8, 8), weights=tmp_path / "w.safetensors")
+    with pytest.raises(PndmError, match="raised RuntimeError.*check --image-shape"):
+        load_module(f"{nets}:make", image_shape=(5, 8, 8))
