@@ -81,6 +81,15 @@ def model_options(command):
         click.option("--num-classes", type=click.IntRange(min=1), default=None,
                      help="With --module: class-conditional model with this many classes (forward(x, t, "
                           "class_labels)). Default: unconditional."),
+        click.option("--denoiser", type=click.Choice(["eps", "sigma"]), default="eps", show_default=True,
+                     help="With --module: eps is forward(x, t); sigma is an EDM-style denoiser "
+                          "forward(x, sigma) returning the clean image (over --sigma-min..--sigma-max)."),
+        click.option("--sigma-min", type=float, default=None,
+                     help="--denoiser sigma: smallest noise level (default: the module's sigma_min, at least "
+                          "0.002)."),
+        click.option("--sigma-max", type=float, default=None,
+                     help="--denoiser sigma: largest noise level (default: the module's sigma_max, at most "
+                          "80)."),
         click.option("--schedule", "schedule_name", type=click.Choice(SCHEDULE_KINDS), default=None,
                      help="Training noise schedule (default: what the model's config says; linear for "
                           "--module). custom needs --betas."),
@@ -97,9 +106,10 @@ def model_options(command):
     ]
 
     @functools.wraps(command)
-    def wrapper(*args, module, weights, image_shape, num_classes, schedule_name, schedule_T, beta_start,
-                beta_end, betas_file, prediction, **kwargs):
+    def wrapper(*args, module, weights, image_shape, num_classes, denoiser, sigma_min, sigma_max,
+                schedule_name, schedule_T, beta_start, beta_end, betas_file, prediction, **kwargs):
         opts = {"module": module, "weights": weights, "image_shape": image_shape, "num_classes": num_classes,
+                "denoiser": denoiser, "sigma_min": sigma_min, "sigma_max": sigma_max,
                 "schedule": schedule_name, "T": schedule_T, "beta_start": beta_start, "beta_end": beta_end,
                 "betas": betas_file, "prediction": prediction}
         return command(*args, model_opts=opts, **kwargs)
@@ -121,8 +131,12 @@ def load_with_options(opts: dict, load_other):
         if shape is None:
             raise PndmError("--module needs --image-shape C,H,W (the images the network works on)")
         return load_module(opts["module"], image_shape=shape, weights=opts["weights"], schedule=schedule,
-                           prediction=opts["prediction"] or "epsilon", num_classes=opts["num_classes"])
-    for name in ("weights", "image_shape", "num_classes"):
+                           prediction=opts["prediction"] or "epsilon", num_classes=opts["num_classes"],
+                           denoiser=opts["denoiser"], sigma_min=opts["sigma_min"],
+                           sigma_max=opts["sigma_max"])
+    if opts["denoiser"] != "eps":
+        raise PndmError("--denoiser goes with --module: drop it, or add --module")
+    for name in ("weights", "image_shape", "num_classes", "sigma_min", "sigma_max"):
         if opts[name] is not None:
             raise PndmError(f"--{name.replace('_', '-')} goes with --module: drop it, or add --module")
     return load_other(schedule=schedule, prediction=opts["prediction"])

@@ -87,15 +87,35 @@ def _find_config(path: Path, config: ConfigArg) -> ParsedConfig | None:
     return parse_config(found, f"config of {path}") if found is not None else None
 
 
+def _load_edm(path: Path, allow_pickle: bool) -> tuple[nn.Module, ModelSpec]:
+    """An EDM network pickle (``--trust-pickle`` only): pndm.models.sigma_denoiser."""
+    from pndm.models.sigma_denoiser import load_edm_pickle, wrap_sigma_network
+
+    net = load_edm_pickle(path, allow_pickle)
+    model, schedule, config = wrap_sigma_network(net, int(getattr(net, "label_dim", 0) or 0) or None)
+    channels, size = int(net.img_channels), int(net.img_resolution)
+    config = {**config, "network": type(net).__name__}
+    spec = ModelSpec(
+        architecture="edm", config=config, image_shape=(channels, size, size),
+        schedule=schedule.name, T=schedule.T, schedule_spec=schedule, source=str(path),
+        source_kind="checkpoint", sha256=sha256_file(path), path=str(path.resolve()), prediction="sample",
+        num_classes=model.num_classes,
+        notes=("EDM sigma denoiser D(x; sigma) as an x0 prediction over its sigma schedule",),
+    )
+    return model, spec
+
+
 def _load_file(path: Path, config: ConfigArg, allow_pickle: bool) -> tuple[nn.Module, ModelSpec]:
+    if path.suffix == ".pkl":
+        return _load_edm(path, allow_pickle)
     if path.suffix == ".safetensors":
         state = read_safetensors(path)[0]
     elif path.suffix in TORCH_SUFFIXES:
         state = read_torch_state_dict(path, allow_pickle)
     else:
         raise CheckpointError(
-            f"{path}: unsupported file type {path.suffix!r}; expected .ckpt/.pt/.pth/.bin, .safetensors "
-            "or a diffusers folder"
+            f"{path}: unsupported file type {path.suffix!r}; expected .ckpt/.pt/.pth/.bin, .safetensors, "
+            "an EDM .pkl or a diffusers folder"
         )
     if not state:
         raise CheckpointError(f"{path}: the file holds no tensors")

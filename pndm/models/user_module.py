@@ -106,23 +106,23 @@ def build_user_module(spec: str) -> nn.Module:
     return model
 
 
-def _check_signature(model: nn.Module, spec: str, num_classes: int | None) -> None:
+def _check_signature(model: nn.Module, spec: str, num_classes: int | None, time: str = "t") -> None:
     wanted = 3 if num_classes else 2
     params = list(inspect.signature(model.forward).parameters.values())
     if any(p.kind is p.VAR_POSITIONAL for p in params):
         return
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     required = [p for p in positional if p.default is p.empty]
-    call = "forward(x, t, class_labels)" if num_classes else "forward(x, t)"
+    call = f"forward(x, {time}, class_labels)" if num_classes else f"forward(x, {time})"
     if len(positional) < wanted or len(required) > wanted:
         names = ", ".join(p.name for p in params)
+        what = "t (B,) float32 timesteps" if time == "t" else "sigma (B,) float32 noise levels"
         raise PndmError(f"--module {spec!r}: forward({names}) does not take ({call[8:-1]}); define {call} "
-                        "(x (B,C,H,W) float32, t (B,) float32 timesteps)")
+                        f"(x (B,C,H,W) float32, {what})")
 
 
 def probe(model: nn.Module, spec: str, image_shape: tuple[int, int, int], num_classes: int | None) -> None:
-    """Call the model once on a batch of 2 and check the output's type and shape."""
-    _check_signature(model, spec, num_classes)
+    """Call the model (eps contract) once on a batch of 2 and check the output's type and shape."""
     x = torch.randn(2, *image_shape, generator=torch.Generator().manual_seed(0))
     args = (x, torch.tensor([0.0, 500.5]))
     if num_classes:
@@ -143,15 +143,27 @@ def probe(model: nn.Module, spec: str, image_shape: tuple[int, int, int], num_cl
 
 def load_module(spec: str, *, image_shape: tuple[int, int, int], weights: str | Path | None = None,
                 schedule: ScheduleSpec | None = None, prediction: str = "epsilon",
-                num_classes: int | None = None) -> tuple[nn.Module, ModelSpec]:
+                num_classes: int | None = None, denoiser: str = "eps", sigma_min: float | None = None,
+                sigma_max: float | None = None) -> tuple[nn.Module, ModelSpec]:
     """(model in eval mode, ModelSpec) for the user's ``MODULE:FACTORY`` (module doc).
 
     ``weights``: a ``.safetensors`` state dict loaded strictly into the built module (else the
     factory's own initialisation, under ``torch.manual_seed(0)`` so it can be rebuilt, is exported).
-    ``schedule``: the training schedule (default
-    linear 1e-4..0.02, T=1000). ``num_classes``: set for class-conditional models.
+    ``schedule``: the training schedule (default linear 1e-4..0.02, T=1000). ``num_classes``: set
+    for class-conditional models.
+
+    ``denoiser="sigma"``: the module is an EDM-style ``forward(x, sigma[, class_labels]) -> D``
+    (:mod:`pndm.models.sigma_denoiser`); its schedule comes from the sigma range (the module's own
+    ``sigma_min``/``sigma_max`` attributes clamped to EDM's 0.002..80, or the arguments), and its
+    prediction is ``sample``.
     """
     check_prediction(prediction)
+    if denoiser not in ("eps", "sigma"):
+        raise PndmError(f"unknown denoiser kind {denoiser!r}; choose eps (forward(x, t)) or sigma "
+                        "(forward(x, sigma))")
+    if denoiser == "sigma" and (schedule is not None or prediction not in ("epsilon", "sample")):
+        raise PndmError("a sigma denoiser predicts x0 over its sigma range: drop --schedule/--prediction, "
+                        "give --sigma-min/--sigma-max")
     if len(image_shape) != 3 or not all(isinstance(s, int) and s > 0 for s in image_shape):
         raise PndmError(f"image shape {image_shape!r} is not C,H,W with positive integers; e.g. 3,32,32")
     if num_classes is not None and num_classes < 1:
@@ -171,11 +183,21 @@ def load_module(spec: str, *, image_shape: tuple[int, int, int], weights: str | 
     if _is_path(module):
         files[module] = sha256_file(module)
     model = model.float().eval()
+    config: dict = {"module": canonical}
+    if denoiser == "sigma":
+        from pndm.models.sigma_denoiser import wrap_sigma_network
+
+        _check_signature(model, spec, num_classes, time="sigma")
+        model, schedule, sigma_cfg = wrap_sigma_network(model, num_classes, sigma_min, sigma_max)
+        config.update(sigma_cfg)
+        prediction = "sample"
+    else:
+        _check_signature(model, spec, num_classes)
     probe(model, spec, tuple(image_shape), num_classes)
     schedule = schedule or ScheduleSpec("linear")
     described = f"module {canonical}" + (f" with weights {path}" if path else " (its own initialisation)")
     model_spec = ModelSpec(
-        architecture="module", config={"module": canonical}, image_shape=tuple(image_shape),
+        architecture="module", config=config, image_shape=tuple(image_shape),
         schedule=schedule.name, T=schedule.T, schedule_spec=schedule, source=described, source_kind="module",
         sha256=sha, path=str(path) if path else None, prediction=prediction, num_classes=num_classes,
         files=files, module=canonical,
