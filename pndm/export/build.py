@@ -49,6 +49,7 @@ from pndm.export.onnx_export import DEFAULT_OPSET, check_opset, export_onnx, sav
 from pndm.export.precision import PRECISIONS, check_onnx_policy, engine_module
 from pndm.export.verify import compare, evaluate, format_table, require_finite, require_fp32_agreement
 from pndm.fileio import sha256_file
+from pndm.trust import record_built
 
 TRT_MODES = ("auto", "on", "off")
 CALIBRATION_FILE = "calibration.safetensors"
@@ -154,6 +155,13 @@ def _verify(path: Path, manifest: Manifest, pairs: CalibrationSet) -> dict:
     return stats
 
 
+def _built(path: Path) -> str:
+    """SHA-256 of a code-carrying engine this export just built, recorded as built here (pndm.trust)."""
+    digest = sha256_file(path)
+    record_built(digest, path)
+    return digest
+
+
 def previous_manifest(out: Path) -> Manifest | None:
     """The manifest an earlier export left in ``out`` (None if there is none or it is unreadable)."""
     try:
@@ -214,7 +222,7 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
             started = time.perf_counter()
             compile_aoti(model, image_shape, options.batch, staging / name)
             seconds = round(time.perf_counter() - started, 1)
-            manifest.engines[name] = EngineEntry("aoti", "bf16", sha256_file(staging / name), device="cpu",
+            manifest.engines[name] = EngineEntry("aoti", "bf16", _built(staging / name), device="cpu",
                                                  extra={"build_seconds": seconds})
             stage(f"verifying {name} on {len(pairs)} calibration pairs")
             manifest.verification[name] = _verify(staging / name, manifest, pairs)
@@ -229,7 +237,7 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
             stage(f"building {name} with TensorRT {caps.version} from {plan.onnx_file}")
             entry = dict(trt_build.build_plan(plan, staging, staging / name, options.timing_cache, log=stage))
             manifest.engines[name] = EngineEntry(entry.pop("kind"), entry.pop("precision"),
-                                                 sha256_file(staging / name), extra=entry)
+                                                 _built(staging / name), extra=entry)
             manifest.versions["tensorrt"] = entry["tensorrt"]
             files.append(name)
         else:

@@ -23,6 +23,11 @@ THREADS_HELP = (
     "faster: OpenMP threads that wait for a taken core spin."
 )
 DEVICE_HELP = "cpu, cuda, cuda:N, or auto (CUDA when available, else CPU; .pt2: the device it was built for)."
+trust_engine_option = click.option(
+    "--trust-engine", is_flag=True, default=False,
+    help="Load a .pt2 package or TensorRT plan that pndm did not build on this machine (they carry native "
+    "code: use only files from a source you trust).",
+)
 
 
 class MethodChoice(click.Choice):
@@ -191,10 +196,11 @@ clip_x0_option = click.option(
     help="TensorRT: capture each batch size into a CUDA graph after one warm-up.",
 )
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+@trust_engine_option
 @debug_option
 def sample(
     engine_path, method, steps, num, batch, seed, eta, clip_x0, out, fmt, device, threads, cuda_graph,
-    progress,
+    progress, trust_engine,
 ):
     """Sample images from an engine with a PNDM-family solver.
 
@@ -216,6 +222,7 @@ def sample(
             _device_for_rank(device, env.local_rank, env.world_size),
             cuda_graph=cuda_graph,
             threads=threads,
+            trust=trust_engine,
         )
         engine.check_batch(min(batch, num))
         run = (
@@ -283,6 +290,7 @@ def sample(
     "--json", "json_path", default=None, help="Also write the report as JSON to this file (default: none)."
 )
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
+@trust_engine_option
 @debug_option
 def check(
     engine_path,
@@ -299,6 +307,7 @@ def check(
     layerwise_tol,
     json_path,
     progress,
+    trust_engine,
 ):
     """Check that an engine's eps and samples match the PyTorch fp32 reference. Exit code 0 pass, 1 fail."""
     from pndm.runtime.checker import check_engine, format_report
@@ -313,7 +322,7 @@ def check(
 
         prepare_out_dir(Path(json_path).parent)
     _set_threads(threads)
-    candidate = load_engine(engine_path, device, threads=threads)
+    candidate = load_engine(engine_path, device, threads=threads, trust=trust_engine)
     candidate.check_batch(min(batch, num))
     ref = find_reference(candidate, reference, candidate.device, threads=threads)
     report = check_engine(
