@@ -30,18 +30,23 @@ PROTOBUF_LIMIT = 2 * 1024**3
 EXAMPLE_BATCH = 2  # not 0 or 1, which torch.export would specialize
 
 
-def example_inputs(image_shape: tuple[int, int, int], batch: int = EXAMPLE_BATCH) -> tuple[torch.Tensor, ...]:
-    """A float32 (x, t) pair to trace with; t is a tensor, so it is not baked in as a constant."""
+def example_inputs(image_shape: tuple[int, int, int], batch: int = EXAMPLE_BATCH,
+                   num_classes: int | None = None) -> tuple[torch.Tensor, ...]:
+    """A float32 (x, t) pair to trace with (t is a tensor, so it is not baked in as a constant), plus
+    int64 ``class_labels`` for a class-conditional model."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(batch, *image_shape, generator=generator)
     t = torch.linspace(10.0, 900.0, batch)
-    return x, t
+    if num_classes is None:
+        return x, t
+    return x, t, torch.arange(batch, dtype=torch.int64) % num_classes
 
 
-def batch_dynamic_shapes(batch: BatchRange) -> dict[str, dict[int, torch.export.Dim]]:
-    """Axis 0 of ``x`` and ``t`` is one symbolic batch dimension."""
+def batch_dynamic_shapes(batch: BatchRange, num_classes: int | None = None) -> tuple[dict, ...]:
+    """Axis 0 of ``x``, ``t`` (and ``class_labels``) is one symbolic batch dimension; given by position,
+    so a user module's forward may name its arguments as it likes."""
     dim = torch.export.Dim("batch", min=1, max=max(batch.max, EXAMPLE_BATCH))
-    return {"x": {0: dim}, "t": {0: dim}}
+    return ({0: dim},) * (2 if num_classes is None else 3)
 
 
 def check_opset(opset: int) -> None:
@@ -65,14 +70,16 @@ def quiet_exporter():
 
 
 def export_onnx(module: nn.Module, image_shape: tuple[int, int, int], batch: BatchRange,
-                opset: int) -> onnx.ModelProto:
-    """The ONNX graph of ``module`` (eps(x, t)) at ``opset``; raises if the exporter cannot produce it."""
+                opset: int, num_classes: int | None = None) -> onnx.ModelProto:
+    """The ONNX graph of ``module`` (eps(x, t), or (x, t, class_labels) with ``num_classes``) at
+    ``opset``; raises if the exporter cannot produce it."""
     check_opset(opset)
-    inputs = example_inputs(image_shape)
+    inputs = example_inputs(image_shape, num_classes=num_classes)
+    names = [*INPUT_NAMES, *(["class_labels"] if num_classes is not None else [])]
     with torch.no_grad(), quiet_exporter():
         program = torch.onnx.export(
-            module, inputs, input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-            dynamic_shapes=batch_dynamic_shapes(batch), opset_version=opset, dynamo=True,
+            module, inputs, input_names=names, output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=batch_dynamic_shapes(batch, num_classes), opset_version=opset, dynamo=True,
             external_data=False, verbose=False,
         )
     model = program.model_proto

@@ -70,7 +70,7 @@ class ModelSpec:
         if self.files is not None:
             source["files"] = dict(self.files)
         if self.module is not None:
-            source["module"] = self.module
+            source["spec"] = self.module
         return source
 
     def replace_schedule(self, schedule: ScheduleSpec) -> ModelSpec:

@@ -4,7 +4,9 @@ Two measurements over the same seeds (docs/RUNTIME.md):
 
 1. Lockstep. The reference solves the trajectory; at every model evaluation (NFE index k,
    timestep t) the candidate is fed the reference's exact (x_t, t) and its eps is compared
-   (relative L2, max abs). This isolates the engine's per-call error from error accumulation.
+   (relative L2, max abs; for v- and x0-prediction models the networks' native outputs, which the
+   conversion to eps would amplify near t = 0: pndm.prediction). This isolates the engine's
+   per-call error from error accumulation.
 2. Free-running. The candidate solves the whole trajectory from the same x_T on its own; the
    final 8-bit images are compared with the reference's (max / mean grey-level difference,
    share of pixels within 1 level, PSNR).
@@ -25,8 +27,8 @@ from tqdm import tqdm
 
 from pndm.errors import EngineError, PndmError
 from pndm.images import to_uint8
+from pndm.metrics import eps_errors, has_nonfinite, image_agreement
 from pndm.runtime.engines.base import Engine
-from pndm.runtime.metrics import eps_errors, has_nonfinite, image_agreement
 from pndm.runtime.sampling import nfe_of, sample_seeds
 from pndm.runtime.seeds import batches, image_noise
 
@@ -153,10 +155,10 @@ def lockstep(
     non-finite candidate output (if any), and the (x_t, t) of the middle NFE (a realistic input
     for ``--layerwise``).
     """
-    from pndm.schedules import make_schedule
     from pndm.solvers import sample
 
-    schedule = make_schedule(reference.schedule_name, reference.T)
+    schedule = reference.schedule
+    native = candidate.prediction != "epsilon"  # compare what the networks output (pndm.prediction)
     x_T = image_noise(seeds, reference.image_shape, reference.device)
     rows: list[dict] = []
     nonfinite: list[NonFinite] = []
@@ -164,10 +166,15 @@ def lockstep(
     middle = (nfe_of(method, steps) or 0) // 2  # adaptive methods (nfe None): the first call
 
     def compare(x, t, eps, index):
-        cand = candidate(x.to(candidate.device), torch.as_tensor(t).expand(x.shape[0]).to(candidate.device))
+        t_batch = torch.as_tensor(t).expand(x.shape[0])
+        if native:
+            cand = candidate.native(x.to(candidate.device), t_batch.to(candidate.device))
+            expected = reference.native(x, t_batch.to(reference.device))
+        else:
+            cand, expected = candidate(x.to(candidate.device), t_batch.to(candidate.device)), eps
         if not nonfinite and has_nonfinite(cand):
             nonfinite.append(NonFinite("lockstep", index, _t_value(t)))
-        rel, max_abs = eps_errors(cand, eps)
+        rel, max_abs = eps_errors(cand, expected)
         rows.append({"index": index, "t": _t_value(t), "rel_l2": rel, "max_abs": max_abs})
         if index == middle:
             probe.append((x.cpu().clone(), t.cpu().clone()))
@@ -229,16 +236,16 @@ def check_engine(
     progress: bool = True,
 ) -> CheckReport:
     """Run both measurements of the module docstring and decide pass/fail."""
-    if (candidate.image_shape, candidate.schedule_name, candidate.T) != (
+    if (candidate.image_shape, candidate.schedule.spec, candidate.prediction) != (
         reference.image_shape,
-        reference.schedule_name,
-        reference.T,
+        reference.schedule.spec,
+        reference.prediction,
     ):
         raise EngineError(
-            f"the reference ({reference.image_shape}, {reference.schedule_name} T={reference.T}) is not the "
-            "same "
-            f"model as the candidate ({candidate.image_shape}, {candidate.schedule_name} T={candidate.T}): "
-            "give the matching --reference"
+            f"the reference ({reference.image_shape}, {reference.schedule.spec.describe()}, predicts "
+            f"{reference.prediction}) is not the same model as the candidate ({candidate.image_shape}, "
+            f"{candidate.schedule.spec.describe()}, predicts {candidate.prediction}): give the matching "
+            "reference="
         )
     precision = candidate.precision
     if precision not in THRESHOLDS:

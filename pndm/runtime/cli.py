@@ -23,6 +23,11 @@ THREADS_HELP = (
     "faster: OpenMP threads that wait for a taken core spin."
 )
 DEVICE_HELP = "cpu, cuda, cuda:N, or auto (CUDA when available, else CPU; .pt2: the device it was built for)."
+trust_engine_option = click.option(
+    "--trust-engine", is_flag=True, default=False,
+    help="Load a .pt2 package or TensorRT plan that pndm did not build on this machine (they carry native "
+    "code: use only files from a source you trust).",
+)
 
 
 class MethodChoice(click.Choice):
@@ -123,6 +128,11 @@ def _write_outputs(
     return summary
 
 
+class_label_option = click.option(
+    "--class-label", type=click.IntRange(min=0), default=None,
+    help="Class of every image, for class-conditional models (required there; default: none).",
+)
+
 clip_x0_option = click.option(
     "--clip-x0/--no-clip-x0",
     default=False,
@@ -172,6 +182,7 @@ clip_x0_option = click.option(
     help="DDIM stochasticity (0 = deterministic).",
 )
 @clip_x0_option
+@class_label_option
 @click.option("--out", default="samples", show_default=True, help="Output folder.")
 @click.option(
     "--format",
@@ -191,10 +202,11 @@ clip_x0_option = click.option(
     help="TensorRT: capture each batch size into a CUDA graph after one warm-up.",
 )
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+@trust_engine_option
 @debug_option
 def sample(
-    engine_path, method, steps, num, batch, seed, eta, clip_x0, out, fmt, device, threads, cuda_graph,
-    progress,
+    engine_path, method, steps, num, batch, seed, eta, clip_x0, class_label, out, fmt, device, threads,
+    cuda_graph, progress, trust_engine,
 ):
     """Sample images from an engine with a PNDM-family solver.
 
@@ -216,7 +228,9 @@ def sample(
             _device_for_rank(device, env.local_rank, env.world_size),
             cuda_graph=cuda_graph,
             threads=threads,
+            trust=trust_engine,
         )
+        engine.set_class_label(class_label)
         engine.check_batch(min(batch, num))
         run = (
             sample_seeds(
@@ -263,6 +277,7 @@ def sample(
     "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Image i uses seed SEED+i."
 )
 @clip_x0_option
+@class_label_option
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
 @click.option(
@@ -283,6 +298,7 @@ def sample(
     "--json", "json_path", default=None, help="Also write the report as JSON to this file (default: none)."
 )
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
+@trust_engine_option
 @debug_option
 def check(
     engine_path,
@@ -293,12 +309,14 @@ def check(
     batch,
     seed,
     clip_x0,
+    class_label,
     device,
     threads,
     layerwise,
     layerwise_tol,
     json_path,
     progress,
+    trust_engine,
 ):
     """Check that an engine's eps and samples match the PyTorch fp32 reference. Exit code 0 pass, 1 fail."""
     from pndm.runtime.checker import check_engine, format_report
@@ -313,9 +331,11 @@ def check(
 
         prepare_out_dir(Path(json_path).parent)
     _set_threads(threads)
-    candidate = load_engine(engine_path, device, threads=threads)
+    candidate = load_engine(engine_path, device, threads=threads, trust=trust_engine)
     candidate.check_batch(min(batch, num))
     ref = find_reference(candidate, reference, candidate.device, threads=threads)
+    for engine in (candidate, ref):
+        engine.set_class_label(class_label)
     report = check_engine(
         candidate, ref, seeds, method=method, steps=steps, batch=batch, clip_x0=clip_x0, progress=progress
     )

@@ -2,47 +2,61 @@
 
 The manifest's ``model.source`` says where the exported weights came from: the embedded default
 model, a named model, a checkpoint file whose SHA-256 must still match, a diffusers folder (every
-file read at export listed with its SHA-256 under ``files``), or a user module ``MODULE:FACTORY``
-(rebuilt from the manifest's image shape, schedule, prediction and class count, with its weights
-file and ``.py`` file hashed). Random-init exports carry their weights beside the engine
-(``manifest["reference"]``). A ``--reference`` may also be an fp32 ONNX engine.
+file read at export listed with its SHA-256 under ``files``, relative to the folder), or a user
+module ``MODULE:FACTORY`` (``spec``; its weights and ``.py`` file hashed under ``files``), rebuilt
+from the manifest's image shape, class count and model config. Random-init exports carry their
+weights beside the engine (``manifest.reference``). A ``--reference`` may also be an fp32 ONNX engine.
+
+The reference is the same model with the manifest's schedule and prediction type (what the engine
+was exported as, including ``--schedule``/``--prediction`` overrides). An EDM ``.pkl`` carries code:
+it was loaded with ``--trust-pickle`` at export, and is loaded again only if its SHA-256 is still the
+one recorded then.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from pndm.engine_format import Manifest, Source
 from pndm.errors import EngineError
 from pndm.fileio import sha256_file
 from pndm.runtime.engines.base import Engine
 from pndm.runtime.loader import load_engine, load_torch_model, torch_engine
 
 
-def _check_files(source: dict) -> None:
-    """Every file the export read (``source["files"]``: path relative to ``source["path"]``) is unchanged."""
-    base = Path(source.get("path") or ".")
-    for name, sha in (source.get("files") or {}).items():
+def _check_files(source: Source) -> None:
+    """Every file the export read (``files``: paths relative to ``source.path``) is unchanged."""
+    base = Path(source.path or ".")
+    for name, sha in (source.extra.get("files") or {}).items():
         path = Path(name) if Path(name).is_absolute() else base / name
         if not path.is_file():
-            raise EngineError(f"{path}, which this engine was exported from, is gone: pass --reference PATH")
+            raise EngineError(f"{path}, which this engine was exported from, is gone: pass reference=PATH")
         if sha256_file(path) != sha:
             raise EngineError(f"{path} changed since this engine was exported (SHA-256 differs): "
-                              "pass --reference with the original model")
+                              "pass reference= the original model")
 
 
-def _module_reference(manifest: dict, device) -> Engine:
-    """The user module of a ``module`` source, rebuilt as it was exported."""
-    from pndm.models.user_module import load_module
+def _overrides(manifest: Manifest) -> dict:
+    """The schedule and prediction the engine was exported with, for :func:`pndm.models.load`."""
     from pndm.schedules import ScheduleSpec
 
-    model_info, image = manifest["model"], manifest["image"]
-    source = model_info["source"]
-    model, spec = load_module(source["module"], weights=source.get("path"),
-                              image_shape=(image["channels"], image["height"], image["width"]),
-                              schedule=ScheduleSpec.from_dict(manifest["schedule"], "manifest schedule"),
-                              prediction=model_info.get("prediction", "epsilon"),
-                              num_classes=model_info.get("num_classes"))
-    return torch_engine(model, spec, source["module"], device)
+    schedule = ScheduleSpec.from_dict(manifest.schedule.to_dict(), "manifest schedule")
+    return {"schedule": schedule, "prediction": manifest.model.prediction}
+
+
+def _module_reference(manifest: Manifest, device) -> Engine:
+    """The user module of a ``module`` source, rebuilt as it was exported."""
+    from pndm.models.user_module import load_module
+
+    source, config = manifest.model.source, manifest.model.config
+    weights = source.path
+    if config.get("denoiser") == "sigma":
+        kwargs = {"denoiser": "sigma", "sigma_min": config["sigma_min"], "sigma_max": config["sigma_max"]}
+    else:
+        kwargs = _overrides(manifest)
+    model, spec = load_module(source.spec, weights=weights, image_shape=tuple(manifest.image_shape),
+                              num_classes=manifest.model.num_classes, **kwargs)
+    return torch_engine(model, spec, source.spec, device)
 
 
 def find_reference(
@@ -59,35 +73,37 @@ def find_reference(
     manifest = candidate.manifest
     if manifest is None:
         raise EngineError(
-            f"{candidate.path} has no manifest to find its reference: pass --reference CHECKPOINT"
+            f"{candidate.path} has no manifest to find its reference: pass reference=CHECKPOINT"
         )
     engine_dir = Path(candidate.path).parent
-    if manifest.get("reference"):
-        return load_torch_model(engine_dir / manifest["reference"], device)
-    source = manifest["model"]["source"]
-    kind = source.get("kind")
-    if kind == "default":
-        return load_torch_model("default", device)
-    if kind == "named" and source.get("name"):
-        return load_torch_model(source["name"], device)
-    if kind == "checkpoint" and source.get("path"):
-        path = Path(source["path"])
+    if manifest.reference:
+        return load_torch_model(engine_dir / manifest.reference, device, **_overrides(manifest))
+    source = manifest.model.source
+    if source.kind == "default":
+        return load_torch_model("default", device, **_overrides(manifest))
+    if source.kind == "named" and source.name:
+        return load_torch_model(source.name, device, **_overrides(manifest))
+    if source.kind == "checkpoint" and source.path:
+        path = Path(source.path)
         if not path.exists():
             raise EngineError(
-                f"the checkpoint this engine was exported from ({path}) is gone: pass --reference PATH"
+                f"the checkpoint this engine was exported from ({path}) is gone: pass reference=PATH"
             )
-        if source.get("sha256") and path.is_file() and sha256_file(path) != source["sha256"]:
+        if source.sha256 and path.is_file() and sha256_file(path) != source.sha256:
             raise EngineError(
                 f"{path} no longer has the weights this engine was exported from (SHA-256 differs): "
-                "pass --reference with the original checkpoint"
+                "pass reference= the original checkpoint"
             )
-        return load_torch_model(path, device)
-    if kind == "diffusers" and source.get("path"):
+        if manifest.model.architecture == "edm":  # unchanged since the user trusted it at export
+            return load_torch_model(path, device, allow_pickle=bool(source.sha256))
+        return load_torch_model(path, device, **_overrides(manifest))
+    if source.kind == "diffusers" and source.path:
         _check_files(source)
-        return load_torch_model(source["path"], device)
-    if kind == "module" and source.get("module"):
+        return load_torch_model(source.path, device, **_overrides(manifest))
+    if source.kind == "module" and source.spec:
         _check_files(source)
         return _module_reference(manifest, device)
     raise EngineError(
-        f"the manifest does not say where the reference weights are (source {source}): pass --reference"
+        f"the manifest does not say where the reference weights are (source {source.to_dict()}): "
+        "pass reference=PATH"
     )

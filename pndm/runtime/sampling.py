@@ -99,13 +99,12 @@ def sample_seeds(
     ``eps`` replaces the engine as the model the solver calls (a wrapper of it, e.g. the checker's
     NaN watch); the engine still supplies the image shape, schedule, device and batch profile.
     """
-    from pndm.schedules import make_schedule
     from pndm.solvers import sample
 
     chunks = batches(seeds, batch)
     for size in sorted({len(c) for c in chunks}):
         engine.check_batch(size)  # before any work: a bad last batch must not fail half-way
-    schedule = make_schedule(engine.schedule_name, engine.T)
+    schedule = engine.schedule
     nfe = nfe_of(method, steps)
     bar = tqdm(
         total=nfe * len(chunks) if nfe else None,

@@ -1,38 +1,57 @@
 """AOTInductor engine: a ``.pt2`` package (``pndm-export``'s bf16 CPU engine, or a CUDA package).
 
-Loaded with :func:`torch._inductor.aoti_load_package`: compiled code and weights only, no model
-code and no unpickling. The package takes float32 ``x``/``t``; whatever precision it computes in
+Loaded with :func:`torch._inductor.aoti_load_package`: compiled code and weights, no model code
+and no unpickling; but the compiled code is a shared library, so the package loads only if this
+machine's pndm built it or the caller trusts it (:mod:`pndm.trust`), from a private copy of the
+checked bytes. The package takes float32 ``x``/``t``; whatever precision it computes in
 inside, the engine returns float32 eps.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import torch
 
 from pndm.errors import EngineError
-from pndm.runtime.engines.base import Engine, EngineInfo
+from pndm.runtime.engines.base import Engine
 
 
 class AotiEngine(Engine):
     backend = "aoti"
 
-    def __init__(self, info: EngineInfo, device: torch.device):
-        super().__init__(info, device)
-        device_index = (
-            self.device.index if self.device.type == "cuda" and self.device.index is not None else -1
-        )
+    def _open(self) -> None:
+        cuda = self.device.type == "cuda" and self.device.index is not None
+        device_index = self.device.index if cuda else -1
+        # Load a private copy of the checked bytes: what runs is what was hashed and trusted.
+        self._private = Path(tempfile.mkdtemp(prefix="pndm-aoti-"))
+        package = self._private / "unet.pt2"
         try:
-            self.module = torch._inductor.aoti_load_package(info.path, device_index=device_index)
+            package.write_bytes(self.checked_bytes("aoti"))
+            self.module = torch._inductor.aoti_load_package(str(package), device_index=device_index)
+        except EngineError:
+            self._remove_private()
+            raise
         except Exception as e:  # zip, shared-object and metadata errors all mean the same to a user
+            self._remove_private()
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise EngineError(
-                f"cannot load the AOTInductor package {info.path} ({first[:200]}): it is corrupt, truncated "
+                f"cannot load the AOTInductor package {self.path} ({first[:200]}): it is corrupt, truncated "
                 "or was built for another device/torch version; re-export it with pndm-export"
             ) from e
 
-    def run(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _remove_private(self) -> None:
+        shutil.rmtree(self._private, ignore_errors=True)
+
+    def _close(self) -> None:
+        del self.module
+        self._remove_private()
+
+    def run(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.inference_mode():
-            out = self.module(x, t)
+            out = self.module(*inputs.values())
         if isinstance(out, (tuple, list)):
             out = out[0]
         return out.float()
