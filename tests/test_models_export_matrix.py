@@ -58,12 +58,13 @@ def _source(kind, tmp_path):
         return ["--module", f"{tmp_path / 'nets.py'}:make", "--image-shape", "3,16,16",
                 "--schedule", "quad", "--beta-start", "0.00085", "--beta-end", "0.012"]
     if kind == "edm_module":
-        return ["--module", f"{TESTS / 'edm_fixtures.py'}:make", "--image-shape", "3,8,8", "--denoiser", "sigma"]
+        return ["--module", f"{TESTS / 'edm_fixtures.py'}:make", "--image-shape", "3,8,8",
+                "--denoiser", "sigma"]
     raise AssertionError(kind)
 
 
-MATRIX = ["default", "cifar10_layout", "fourier_skip", "class_conditional", "scale_shift_groups", "v_prediction",
-          "sample", "module", "edm_module"]
+MATRIX = ["default", "cifar10_layout", "fourier_skip", "class_conditional", "scale_shift_groups",
+          "v_prediction", "sample", "module", "edm_module"]
 
 
 @pytest.mark.slow  # an ONNX export of a tiny diffusers UNet takes ~30 s on a loaded 2-core machine
@@ -75,13 +76,13 @@ def test_export_check_and_sample(tmp_path, kind):
     assert built.returncode == 0, built.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["verification"]["unet.onnx"]["rel_l2"] <= 1e-5
-    expected = {"v_prediction": "v_prediction", "sample": "sample", "edm_module": "sample"}.get(kind, "epsilon")
-    assert manifest["model"]["prediction"] == expected
+    native = {"v_prediction": "v_prediction", "sample": "sample", "edm_module": "sample"}
+    assert manifest["model"]["prediction"] == native.get(kind, "epsilon")
     labels = ["--class-label", "3"] if kind == "class_conditional" else []
-    checked = run("pndm-run", "check", "--engine", str(out / "unet.onnx"), "--method", "ddim", "--steps", "5",
-                  "-n", "2", "--batch", "2", "--no-progress", *labels)
-    assert checked.returncode == 0 and "PASS" in checked.stdout, checked.stdout[-3000:] + checked.stderr[-2000:]
-    sampled = run("pndm-run", "sample", "--engine", str(out), "--method", "ddim", "--steps", "5", "-n", "2",
-                  "--batch", "2", "--out", str(tmp_path / "samples"), "--no-progress", *labels)
+    checked = run("pndm-run", "check", "--engine", str(out / "unet.onnx"), "--method", "ddim",
+                  "--steps", "5", "-n", "2", "--batch", "2", "--no-progress", *labels)
+    assert checked.returncode == 0 and "PASS" in checked.stdout, checked.stdout[-3000:] + checked.stderr[-999:]
+    sampled = run("pndm-run", "sample", "--engine", str(out), "--method", "ddim", "--steps", "5",
+                  "-n", "2", "--batch", "2", "--out", str(tmp_path / "samples"), "--no-progress", *labels)
     assert sampled.returncode == 0, sampled.stderr[-2000:]
     assert len(list((tmp_path / "samples").glob("seed*.png"))) == 2

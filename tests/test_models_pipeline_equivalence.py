@@ -63,6 +63,7 @@ def test_v_prediction_ddim_pipeline(tmp_path):
 
 @pytest.mark.slow
 def test_epsilon_pndm_pipeline(tmp_path):
-    folder = save_pipeline(tmp_path / "pipe", diffusers_unet("default", seed=1), "PNDMPipeline", "PNDMScheduler",
+    unet = diffusers_unet("default", seed=1)
+    folder = save_pipeline(tmp_path / "pipe", unet, "PNDMPipeline", "PNDMScheduler",
                            **scheduler_kwargs(prediction_type="epsilon", skip_prk_steps=False, **SAME))
     _assert_same(_pndm_images(folder, "f-pndm", tmp_path), _diffusers_images(folder, "PNDMPipeline"))
