@@ -50,3 +50,15 @@ def to_eps(output: torch.Tensor, x_t: torch.Tensor, log_alpha_bar: torch.Tensor,
     # sample: eps = (x_t - sqrt(ab) x0) / sqrt(1-ab) = x_t / sqrt(1-ab) - sqrt(ab)/sqrt(1-ab) x0
     a, b = 1 / sqrt_one_minus, sqrt_ab / sqrt_one_minus
     return a.to(output).view(shape) * x_t - b.to(output).view(shape) * output
+
+
+def as_eps(model, prediction: str, schedule):
+    """An eps callable ``eps(x, t, *class_labels)`` around a model that outputs ``prediction``
+    (a :class:`pndm.schedules.Schedule` gives alpha_bar); the model itself for epsilon models."""
+    if check_prediction(prediction) == "epsilon":
+        return model
+
+    def eps(x: torch.Tensor, t: torch.Tensor, *class_labels: torch.Tensor) -> torch.Tensor:
+        return to_eps(model(x, t, *class_labels), x, schedule.log_alpha_bar(t), prediction)
+
+    return eps

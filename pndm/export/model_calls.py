@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pndm.prediction import to_eps
+from pndm.prediction import as_eps
 
 
 class ModelCalls:
@@ -41,8 +41,7 @@ class ModelCalls:
     def eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """eps(x_t, t) for one solver call over the ``count`` trajectories (module doc)."""
         labels = None if self.num_classes is None else torch.arange(x.shape[0]) % self.num_classes
-        out = self.native(x, t, labels)
-        return to_eps(out, x, self.schedule.log_alpha_bar(t), self.spec.prediction)
+        return as_eps(self.native, self.spec.prediction, self.schedule)(x, t, labels)
 
     def store_native(self, pairs, batch: int) -> None:
         """Replace ``pairs.eps`` by the native outputs at the pairs (a no-op for epsilon models)."""
