@@ -46,4 +46,5 @@ def test_edm_pickles_need_trust(tmp_path):
     model, spec = load(path, allow_pickle=True)
     assert spec.architecture == "edm" and spec.num_classes == 3 and spec.image_shape == (3, 8, 8)
     assert (spec.config["sigma_min"], spec.config["sigma_max"]) == (0.02, 80.0)  # clamped as EDM does
-    assert model(torch.randn(2, 3, 8, 8), torch.tensor([1.0, 2.0]), torch.tensor([0, 2])).shape == (2, 3, 8, 8)
+    out = model(torch.randn(2, 3, 8, 8), torch.tensor([1.0, 2.0]), torch.tensor([0, 2]))
+    assert out.shape == (2, 3, 8, 8)
