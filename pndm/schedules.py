@@ -199,6 +199,18 @@ def interpolate_log_alpha_bar(nodes: torch.Tensor, t: torch.Tensor) -> torch.Ten
     return (1 - w) * nodes[i] + w * nodes[i + 1]
 
 
+def sigma_of_log_alpha_bar(log_alpha_bar: torch.Tensor) -> torch.Tensor:
+    """sigma = sqrt((1 - ab) / ab) = sqrt(expm1(-log ab)) (EDM eq. 4 / DDIM eq. 14), graph-safe.
+
+    ONNX has no Expm1: exporters write exp(y) - 1, which in float32 keeps only ~3 digits of
+    y = -log ab ~ 1e-5 near t = 0. Below |y| = 1e-2 the Taylor series y (1 + y/2 (1 + y/3)) is used
+    instead (relative error < y^3/24 ~ 4e-8), so exported graphs agree with eager PyTorch.
+    """
+    y = -log_alpha_bar
+    series = y * (1 + y / 2 * (1 + y / 3))
+    return torch.sqrt(torch.where(y < 1e-2, series, torch.exp(y) - 1))
+
+
 @dataclass(frozen=True)
 class Schedule:
     """A discrete noise schedule with a continuous extension to fractional t (see module doc)."""

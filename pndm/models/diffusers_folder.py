@@ -161,10 +161,10 @@ class DiffusersUNet(nn.Module):
                 class_labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.ve_schedule is None:
             return self.unet(x, t, class_labels=class_labels, return_dict=False)[0][:, : self.channels]
-        from pndm.schedules import interpolate_log_alpha_bar
+        from pndm.schedules import interpolate_log_alpha_bar, sigma_of_log_alpha_bar
 
         log_ab = interpolate_log_alpha_bar(self.log_nodes, t)
-        sigma = torch.sqrt(torch.expm1(-log_ab))  # sqrt((1 - ab) / ab)
+        sigma = sigma_of_log_alpha_bar(log_ab)  # sqrt((1 - ab) / ab)
         x_ve = x * torch.exp(-0.5 * log_ab).view(-1, 1, 1, 1)
         score = self.unet(x_ve, sigma, class_labels=class_labels, return_dict=False)[0][:, : self.channels]
         return -sigma.view(-1, 1, 1, 1) * score

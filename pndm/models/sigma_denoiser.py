@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from pndm.errors import CheckpointError
-from pndm.schedules import ScheduleSpec, interpolate_log_alpha_bar, make_schedule
+from pndm.schedules import ScheduleSpec, interpolate_log_alpha_bar, make_schedule, sigma_of_log_alpha_bar
 
 DEFAULT_SIGMA_MIN, DEFAULT_SIGMA_MAX, DEFAULT_RHO = 0.002, 80.0, 7.0
 
@@ -66,7 +66,7 @@ class SigmaDenoiser(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor,
                 class_labels: torch.Tensor | None = None) -> torch.Tensor:
         log_ab = interpolate_log_alpha_bar(self.log_nodes, t)
-        sigma = torch.sqrt(torch.expm1(-log_ab))  # sqrt((1 - ab) / ab)
+        sigma = sigma_of_log_alpha_bar(log_ab)  # sqrt((1 - ab) / ab)
         x_ve = x * torch.exp(-0.5 * log_ab).view(-1, 1, 1, 1)  # x_t / sqrt(ab) = x0 + sigma eps
         if self.num_classes is None:
             return self.net(x_ve, sigma)
