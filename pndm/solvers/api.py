@@ -9,7 +9,7 @@ import torch
 from pndm.errors import PndmError
 from pndm.schedules import Schedule
 from pndm.solvers.evaluator import Callback, EpsEvaluator, EpsFn
-from pndm.solvers.grid import time_grid
+from pndm.solvers.grid import GridArg, make_grid
 from pndm.solvers.registry import METHODS, MethodInfo
 from pndm.solvers.thresholding import clip_denoised
 
@@ -60,6 +60,7 @@ def solve(
     callback: Callback | None = None,
     tol: float = 1e-5,
     clip_x0: bool = False,
+    grid: GridArg = "leading",
 ) -> Solution:
     """Run ``method`` from x_T (the sample at the top of :func:`time_grid`) to x_0 and report the NFE.
 
@@ -70,7 +71,7 @@ def solve(
     it changes the answer).
     """
     info = _check_inputs(method, x_T, steps, schedule, eta, tol)
-    grid = time_grid(steps, schedule.T).tolist()
+    points = make_grid(grid, steps, schedule).tolist()
     transform = (lambda x, t, e: clip_denoised(x, t, e, schedule)) if clip_x0 else None
     ev = EpsEvaluator(eps, callback, transform)
     options = {}
@@ -78,7 +79,7 @@ def solve(
         options = {"eta": eta, "generator": generator}
     elif info.adaptive:
         options = {"tol": tol}
-    x0 = info.run(ev, x_T, grid, schedule, **options)
+    x0 = info.run(ev, x_T, points, schedule, **options)
     return Solution(x0=x0, nfe=ev.count, method=method, steps=steps)
 
 
@@ -94,8 +95,9 @@ def sample(
     callback: Callback | None = None,
     tol: float = 1e-5,
     clip_x0: bool = False,
+    grid: GridArg = "leading",
 ) -> torch.Tensor:
     """x_0 from x_T with ``method`` over ``steps`` grid steps (:func:`solve` also returns the NFE)."""
     run = solve(eps, x_T, method, steps, schedule, eta=eta, generator=generator, callback=callback, tol=tol,
-                clip_x0=clip_x0)
+                clip_x0=clip_x0, grid=grid)
     return run.x0
