@@ -60,9 +60,12 @@ def solve(
     callback: Callback | None = None,
     tol: float = 1e-5,
     clip_x0: bool = False,
-    grid: GridArg = "leading",
+    grid: GridArg | None = None,
 ) -> Solution:
-    """Run ``method`` from x_T (the sample at the top of :func:`time_grid`) to x_0 and report the NFE.
+    """Run ``method`` from x_T (the sample at the top of the grid) to x_0 and report the NFE.
+
+    ``grid``: a name from :data:`pndm.solvers.GRIDS` (``"quad"``, ``"karras:5"``; None = the method's
+    ``default_grid``) or explicit descending timesteps (a tuned recipe's); see :func:`make_grid`.
 
     ``eps(x, t)`` is called with t a (B,) tensor of x's dtype holding timestep indices (fractional
     for midpoints); ``callback(x, t, eps, index)`` sees every evaluation. ``eta`` and ``generator``
@@ -71,7 +74,7 @@ def solve(
     it changes the answer).
     """
     info = _check_inputs(method, x_T, steps, schedule, eta, tol)
-    points = make_grid(grid, steps, schedule).tolist()
+    points = make_grid(info.default_grid if grid is None else grid, steps, schedule).tolist()
     transform = (lambda x, t, e: clip_denoised(x, t, e, schedule)) if clip_x0 else None
     ev = EpsEvaluator(eps, callback, transform)
     options = {}
@@ -95,7 +98,7 @@ def sample(
     callback: Callback | None = None,
     tol: float = 1e-5,
     clip_x0: bool = False,
-    grid: GridArg = "leading",
+    grid: GridArg | None = None,
 ) -> torch.Tensor:
     """x_0 from x_T with ``method`` over ``steps`` grid steps (:func:`solve` also returns the NFE)."""
     run = solve(eps, x_T, method, steps, schedule, eta=eta, generator=generator, callback=callback, tol=tol,

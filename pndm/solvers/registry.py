@@ -18,13 +18,16 @@ from pndm.solvers.unipc import unipc
 @dataclass(frozen=True)
 class MethodInfo:
     """One sampler. ``nfe(steps)`` is its exact number of model evaluations for ``steps`` grid
-    steps, or None when adaptive (``pf``: :func:`pndm.solvers.solve` reports the count)."""
+    steps, or None when adaptive (``pf``: :func:`pndm.solvers.solve` reports the count).
+    ``default_grid`` is the grid :func:`pndm.solvers.solve` uses when none is given (docs/SOLVERS.md
+    says why each)."""
 
     name: str
     description: str
     min_steps: int
     nfe: Callable[[int], int | None]
     run: Callable
+    default_grid: str = "leading"
     accepts_eta: bool = False
     adaptive: bool = False
 
@@ -42,23 +45,23 @@ _TABLE = [
     MethodInfo("ddim", "DDIM (Song et al. 2021); eta > 0 adds noise, eta = 1 is DDPM's variance",
                1, lambda n: n, ddim, accepts_eta=True),
     MethodInfo("s-pndm", "PNDM paper: pseudo improved Euler first step, then 2-step pseudo linear multistep",
-               2, lambda n: n + 1, s_pndm),
+               2, lambda n: n + 1, s_pndm, "quad"),
     MethodInfo("f-pndm", "PNDM paper: 3 pseudo Runge-Kutta steps, then 4-step pseudo linear multistep",
                4, lambda n: n + 9, f_pndm),
     MethodInfo("plms", "PLMS as diffusers' skip_prk_steps: pseudo improved Euler, then orders 2, 3, 4",
                2, lambda n: n + 1, plms),
     MethodInfo("fon", "PNDM paper's classical baseline: RK4 then Adams-Bashforth 4 on the ODE in t",
-               4, lambda n: n + 9, fon),
+               4, lambda n: n + 9, fon, "quad"),
     MethodInfo("pf", "probability-flow ODE, adaptive dopri5 (torchdiffeq); NFE reported after the run",
                1, lambda n: None, probability_flow, adaptive=True),
     MethodInfo("ipndm", "iPNDM (DEIS): Adams-Bashforth on eps with lower-order multistep warm-up",
-               1, lambda n: n, ipndm),
+               1, lambda n: n, ipndm, "quad"),
     MethodInfo("dpm-solver++2m", "DPM-Solver++(2M): 2nd-order multistep exponential integrator on x0",
-               1, lambda n: n, partial(dpm_solver_pp, order=2)),
+               1, lambda n: n, partial(dpm_solver_pp, order=2), "logsnr"),
     MethodInfo("dpm-solver++3m", "DPM-Solver++(3M): 3rd-order multistep exponential integrator on x0",
-               1, lambda n: n, partial(dpm_solver_pp, order=3)),
+               1, lambda n: n, partial(dpm_solver_pp, order=3), "logsnr"),
     MethodInfo("unipc", "UniPC-3 (bh2): predictor-corrector reusing each evaluation, data prediction",
-               1, lambda n: n, partial(unipc, order=3)),
+               1, lambda n: n, partial(unipc, order=3), "logsnr"),
     MethodInfo("heun", "EDM Heun (2nd order) in sigma with x/sqrt(alpha_bar), Euler on the last step",
                1, lambda n: 2 * n - 1, heun),
 ]
