@@ -30,7 +30,7 @@ FIXED_GRIDS = [g for g, info in GRIDS.items() if info.build is not None]
 
 
 def _print_table(title: str, refs: ReferenceCache, nfes: list[int]) -> dict:
-    methods = [m for m, info in METHODS.items() if not info.adaptive]
+    methods = [m for m, info in METHODS.items() if not info.adaptive and info.deterministic]
     table = accuracy_table(refs, methods, FIXED_GRIDS, nfes)
     click.echo(f"\n{title}\n")
     click.echo(f"| method | grid | {' | '.join(f'NFE {n}' for n in nfes)} |")

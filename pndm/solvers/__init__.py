@@ -8,7 +8,7 @@ See docs/SOLVERS.md for formulas and accuracy.
 
 from pndm.solvers.api import Solution, sample, solve
 from pndm.solvers.grid import GRIDS, GridInfo, make_grid, time_grid
-from pndm.solvers.registry import METHODS, MethodInfo
+from pndm.solvers.registry import METHODS, MethodInfo, steps_for_nfe
 
 __all__ = ["GRIDS", "METHODS", "GridInfo", "MethodInfo", "Solution", "make_grid", "sample", "solve",
-           "time_grid"]
+           "steps_for_nfe", "time_grid"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from pndm.solvers.ddim import ddim
@@ -12,6 +12,7 @@ from pndm.solvers.heun import heun
 from pndm.solvers.ipndm import ipndm
 from pndm.solvers.pf import probability_flow
 from pndm.solvers.pndm_paper import f_pndm, fon, plms, s_pndm
+from pndm.solvers.stochastic import EDM_OPTIONS, SDE2_OPTIONS, edm_stochastic, sde2
 from pndm.solvers.unipc import unipc
 
 
@@ -30,15 +31,19 @@ class MethodInfo:
     default_grid: str = "leading"
     accepts_eta: bool = False
     adaptive: bool = False
+    stochastic: bool = False
+    #: method options for ``solve(options=...)``: name -> (default, low, high) or (default, (choices...))
+    options: dict = field(default_factory=dict)
 
     @property
     def deterministic(self) -> bool:
-        """True: with the default eta = 0 every method maps x_T to x_0 deterministically."""
-        return True
+        """Whether the method maps x_T to x_0 deterministically with the default eta = 0."""
+        return not self.stochastic
 
     def is_deterministic(self, eta: float = 0.0) -> bool:
-        """Whether a run with this eta is deterministic (only ddim with eta > 0 draws noise)."""
-        return not (self.accepts_eta and eta > 0)
+        """Whether a run with this eta is deterministic (ddim with eta > 0 and the stochastic methods
+        draw noise)."""
+        return not (self.stochastic or (self.accepts_eta and eta > 0))
 
 
 _TABLE = [
@@ -64,7 +69,23 @@ _TABLE = [
                1, lambda n: n, partial(unipc, order=3), "logsnr"),
     MethodInfo("heun", "EDM Heun (2nd order) in sigma with x/sqrt(alpha_bar), Euler on the last step",
                1, lambda n: 2 * n - 1, heun),
+    MethodInfo("ddpm", "DDPM ancestral sampling (= ddim with eta = 1), stochastic",
+               1, lambda n: n, partial(ddim, eta=1.0), stochastic=True),
+    MethodInfo("edm-sde", "EDM's stochastic sampler (Alg. 2): churn noise around each Heun step",
+               2, lambda n: 2 * n - 1, edm_stochastic, "karras", stochastic=True, options=EDM_OPTIONS),
+    MethodInfo("sde2", "weak 2nd-order Ito-Taylor solver of the reverse SDE (jvp or finite difference)",
+               2, lambda n: 2 * n - 1, sde2, "quad", stochastic=True, options=SDE2_OPTIONS),
 ]
 
 #: name -> :class:`MethodInfo`, in the order they are documented.
 METHODS: dict[str, MethodInfo] = {m.name: m for m in _TABLE}
+
+
+def steps_for_nfe(method: str, nfe: int) -> int | None:
+    """The largest N whose NFE fits the budget ``nfe`` (None when even the minimum N costs more,
+    or the method is adaptive)."""
+    info = METHODS[method]
+    if info.adaptive:
+        return None
+    fits = [n for n in range(info.min_steps, nfe + 1) if info.nfe(n) <= nfe]
+    return fits[-1] if fits else None

@@ -20,7 +20,7 @@ from torchdiffeq import odeint
 from pndm.schedules import Schedule
 from pndm.solvers.api import solve
 from pndm.solvers.grid import GridArg, make_grid
-from pndm.solvers.registry import METHODS
+from pndm.solvers.registry import steps_for_nfe
 
 
 class GaussianTestbed:
@@ -138,13 +138,6 @@ def convergence_table(testbed, methods, steps_list, batch: int = 8, seed: int = 
     method) and its reference x_0 is computed once per top."""
     refs = ReferenceCache(testbed, batch, seed)
     return {method: [grid_error(refs, method, grid, steps) for steps in steps_list] for method in methods}
-
-
-def steps_for_nfe(method: str, nfe: int) -> int | None:
-    """The largest N whose NFE fits ``nfe`` (None when even the minimum N costs more)."""
-    info = METHODS[method]
-    fits = [n for n in range(info.min_steps, nfe + 1) if info.nfe(n) <= nfe]
-    return fits[-1] if fits else None
 
 
 class ReferenceCache:
