@@ -1,5 +1,6 @@
 """Accuracy of every deterministic sampler on every time grid, on the two exact testbeds: RMSE of x_0
-against the reference at NFE budgets 5, 8, 10, 15, 20, 50, and the best (method, grid) per budget.
+against the reference at NFE budgets 5, 8, 10, 15, 20, 50, and the best (method, grid) per budget;
+then the stochastic samplers' weak error against NFE on the Gaussian testbed.
 
     .venv/bin/python bench/solver_accuracy.py [--nfe 5,8,10,15,20,50] [--batch 8] [--schedule linear]
 
@@ -17,7 +18,7 @@ import click
 import torch
 
 from pndm.schedules import SCHEDULE_NAMES, make_schedule
-from pndm.solvers import GRIDS, METHODS, solve
+from pndm.solvers import GRIDS, METHODS, make_grid, solve, steps_for_nfe
 from pndm.solvers.testbeds import (
     FiniteDataTestbed,
     GaussianTestbed,
@@ -69,13 +70,38 @@ def _recommend(tables: list[dict], nfes: list[int]) -> None:
         click.echo(f"| {n} | {key[0]} | {key[1]} | {errs} |")
 
 
+def _print_weak_errors(schedule, nfes: list[int], samples: int) -> None:
+    """Stochastic samplers on the Gaussian testbed: weak error = RMS over dimensions of the sample
+    std's error (the mean's error is at the Monte-Carlo level, s/sqrt(n), for all of them)."""
+    tb = GaussianTestbed.random(schedule, shape=(2, 4, 4))
+    floor = float(tb.s.mean()) / math.sqrt(2 * samples)
+    click.echo(f"\nStochastic samplers, Gaussian 2x4x4, {samples} samples: RMS error of the per-dimension "
+               f"sample std (Monte-Carlo level ~{floor:.1e}) | mean's RMS error\n")
+    click.echo(f"| method | grid | {' | '.join(f'NFE {n}' for n in nfes)} |")
+    click.echo("|---|---|" + "---|" * len(nfes))
+    for method, grid in (("ddpm", "quad"), ("ddpm", "leading"), ("edm-sde", "karras"), ("edm-sde", "quad"),
+                         ("sde2", "karras"), ("sde2", "quad")):
+        cells = []
+        for budget in nfes:
+            steps = steps_for_nfe(method, budget)
+            g = torch.Generator().manual_seed(1)
+            x = tb.prior(samples, float(make_grid(grid, steps, schedule)[0]), g)
+            run = solve(tb.eps, x, method, steps, schedule, generator=g, grid=grid)
+            x0 = run.x0.flatten(1)
+            std_err = float(((x0.std(0) - tb.s.flatten()) ** 2).mean().sqrt())
+            mean_err = float(((x0.mean(0) - tb.mu.flatten()) ** 2).mean().sqrt())
+            cells.append(f"{std_err:.2e} / {mean_err:.1e}" + (f" ({run.nfe})" if run.nfe != budget else ""))
+        click.echo(f"| {method} | {grid} | {' | '.join(cells)} |")
+
+
 @click.command()
 @click.option("--nfe", default="5,8,10,15,20,50", show_default=True, help="Comma-separated NFE budgets.")
 @click.option("--batch", default=8, show_default=True, help="Samples per testbed and start point.")
 @click.option("--schedule", "schedule_name", default="linear", show_default=True,
               type=click.Choice(SCHEDULE_NAMES), help="Noise schedule (T=1000).")
 @click.option("--threads", default=1, show_default=True, help="torch CPU threads (1 is fastest here).")
-def main(nfe: str, batch: int, schedule_name: str, threads: int) -> None:
+@click.option("--sde-samples", default=4000, show_default=True, help="Samples per stochastic run.")
+def main(nfe: str, batch: int, schedule_name: str, threads: int, sde_samples: int) -> None:
     """Print RMSE tables for every deterministic method x grid at each NFE budget."""
     torch.set_num_threads(threads)
     nfes = [int(s) for s in nfe.split(",")]
@@ -85,6 +111,7 @@ def main(nfe: str, batch: int, schedule_name: str, threads: int) -> None:
     finite = "Finite dataset (8 points in [-1,1]^16, spread 0.2), ideal denoiser, reference dopri5 tol 1e-10"
     t2 = _print_table(finite, ReferenceCache(FiniteDataTestbed.random(schedule), batch), nfes)
     _recommend([t1, t2], nfes)
+    _print_weak_errors(schedule, [10, 20, 50, 100], sde_samples)
 
 
 if __name__ == "__main__":
