@@ -135,7 +135,8 @@ def export_cli():
 
 @click.group(
     cls=LazyGroup,
-    lazy_commands={"sample": "pndm.runtime.cli:sample", "check": "pndm.runtime.cli:check"},
+    lazy_commands={"sample": "pndm.runtime.cli:sample", "check": "pndm.runtime.cli:check",
+                   "tune": "pndm.runtime.tune:tune"},
 )
 @click.version_option(package_name="pndm")
 def run_cli():

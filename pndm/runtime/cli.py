@@ -13,6 +13,7 @@ import torch
 
 from pndm.cli import debug_option
 from pndm.errors import PndmError
+from pndm.runtime.tune import grid_options, resolve_grid
 
 ENGINE_HELP = (
     "Engine to run: an .onnx / .plan / .pt2 file with manifest.json beside it, an engine folder "
@@ -177,6 +178,7 @@ clip_x0_option = click.option(
     help="DDIM stochasticity (0 = deterministic).",
 )
 @clip_x0_option
+@grid_options
 @click.option("--out", default="samples", show_default=True, help="Output folder.")
 @click.option(
     "--format",
@@ -199,8 +201,8 @@ clip_x0_option = click.option(
 @trust_engine_option
 @debug_option
 def sample(
-    engine_path, method, steps, num, batch, seed, eta, clip_x0, out, fmt, device, threads, cuda_graph,
-    progress, trust_engine,
+    engine_path, method, steps, num, batch, seed, eta, clip_x0, grid, recipe_path, out, fmt, device, threads,
+    cuda_graph, progress, trust_engine,
 ):
     """Sample images from an engine with a PNDM-family solver.
 
@@ -225,6 +227,7 @@ def sample(
             trust=trust_engine,
         )
         engine.check_batch(min(batch, num))
+        method, steps, grid, grid_name = resolve_grid(engine, engine_path, method, steps, grid, recipe_path)
         run = (
             sample_seeds(
                 engine,
@@ -234,12 +237,14 @@ def sample(
                 batch=batch,
                 eta=eta,
                 clip_x0=clip_x0,
+                grid=grid,
                 progress=progress and env.is_main,
             )
             if my_seeds
             else None
         )
-        summary = _write_outputs(env, folder, fmt, engine, my_seeds, run, {"eta": eta, "clip_x0": clip_x0})
+        summary = _write_outputs(env, folder, fmt, engine, my_seeds, run, {"eta": eta, "clip_x0": clip_x0,
+                                                                              "grid": grid_name})
     if summary is None:
         return
     seeds = summary["seeds"]
@@ -270,6 +275,7 @@ def sample(
     "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Image i uses seed SEED+i."
 )
 @clip_x0_option
+@grid_options
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
 @click.option(
@@ -301,6 +307,8 @@ def check(
     batch,
     seed,
     clip_x0,
+    grid,
+    recipe_path,
     device,
     threads,
     layerwise,
@@ -324,9 +332,11 @@ def check(
     _set_threads(threads)
     candidate = load_engine(engine_path, device, threads=threads, trust=trust_engine)
     candidate.check_batch(min(batch, num))
+    method, steps, grid, _ = resolve_grid(candidate, engine_path, method, steps, grid, recipe_path)
     ref = find_reference(candidate, reference, candidate.device, threads=threads)
     report = check_engine(
-        candidate, ref, seeds, method=method, steps=steps, batch=batch, clip_x0=clip_x0, progress=progress
+        candidate, ref, seeds, method=method, steps=steps, batch=batch, clip_x0=clip_x0, progress=progress,
+        grid=grid,
     )
     if layerwise:
         from pndm.runtime.layerwise import layerwise_for_check
