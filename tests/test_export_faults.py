@@ -116,6 +116,14 @@ def test_disk_full_while_writing_keeps_the_previous_folder(checkpoint, out, faul
     assert snapshot(out) == before and leftovers(out) == []
 
 
+def test_ctrl_c_before_the_swap_keeps_the_previous_folder(checkpoint, out, fault):
+    before = snapshot(out)
+    fault("export.publish:sigint")
+    with pytest.raises(KeyboardInterrupt):
+        export(checkpoint, out, "fp16")
+    assert snapshot(out) == before and leftovers(out) == []
+
+
 def test_error_between_the_two_renames_puts_the_previous_folder_back(checkpoint, out, fault, monkeypatch):
     """Where the kernel cannot swap folders in one step, DIR is renamed aside first."""
     monkeypatch.setattr(fileio, "_exchange", lambda a, b: False)
