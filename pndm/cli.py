@@ -87,7 +87,8 @@ def export_cli():
 
 @click.group(
     cls=LazyGroup,
-    lazy_commands={"sample": "pndm.runtime.cli:sample", "check": "pndm.runtime.cli:check"},
+    lazy_commands={"sample": "pndm.runtime.cli:sample", "check": "pndm.runtime.cli:check",
+                   "score": "pndm.scoring.cli:score"},
 )
 @click.version_option(package_name="pndm")
 def run_cli():
