@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	# torch first: the local CPU build. A newer or unpinned torch would pull GBs of CUDA packages.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# Test-only: pytorch-fid's Inception definition, to pin pndm's FID to it. --no-deps: its torchvision
+	# requirement would replace this torch (the test builds torchvision's Python part from its wheel).
+	$(PY) -m pip install --quiet --no-deps pytorch-fid==0.3.0
 	touch $(STAMP)
 
 test: install

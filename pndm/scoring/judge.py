@@ -29,25 +29,24 @@ IMAGE_SIZE = 28
 
 
 class Judge(nn.Module):
-    """conv 16-16 / pool / conv 32-32 / pool / conv 64 / global mean -> 128 (features) -> 20 classes."""
+    """conv 16-16 / max pool / conv 32-32 / max pool / flatten (32x7x7) -> 128 (features) -> 20 classes."""
 
     def __init__(self):
         super().__init__()
         self.convs = nn.ModuleList([
             nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1),
             nn.Conv2d(16, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1),
-            nn.Conv2d(32, 64, 3, padding=1),
         ])
-        self.hidden = nn.Linear(64, FEATURE_DIM)
+        self.hidden = nn.Linear(32 * 7 * 7, FEATURE_DIM)
         self.classes = nn.Linear(FEATURE_DIM, NUM_CLASSES)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, 28, 28) images in [-1, 1] -> (B, 128) features."""
         for i, conv in enumerate(self.convs):
             x = F.relu(conv(x))
-            if i in (1, 3):
+            if i % 2 == 1:
                 x = F.max_pool2d(x, 2)
-        return self.hidden(x.mean(dim=(2, 3)))
+        return self.hidden(x.flatten(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classes(F.relu(self.features(x)))
@@ -97,7 +96,7 @@ def training_data(fashion_count: int = 10000) -> tuple[torch.Tensor, torch.Tenso
     return torch.cat([digits, fashion]), torch.cat([digit_labels, fashion_labels])
 
 
-def train_judge(out: Path, epochs: int = 3, batch: int = 128, lr: float = 2e-3, seed: int = 0) -> float:
+def train_judge(out: Path, epochs: int = 5, batch: int = 128, lr: float = 2e-3, seed: int = 0) -> float:
     """Train the judge, write its weights atomically to ``out``; returns the final training accuracy."""
     from safetensors.torch import save_file
 
@@ -135,7 +134,7 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description="Train pndm's feature judge (MNIST + Fashion-MNIST).")
     parser.add_argument("--out", type=Path, default=JUDGE_WEIGHTS)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=5)
     args = parser.parse_args()
     accuracy = train_judge(args.out, epochs=args.epochs)
     print(f"wrote {args.out}; training accuracy over the last epoch {accuracy:.4f}")
