@@ -89,7 +89,7 @@ def build(model_name, checkpoint, out, precision, batch_text, opset, trt_mode, t
           calibration_count, seed, model_opts):
     """Export a model to ONNX (fp32, fp16), bf16 AOTInductor and TensorRT engines, verified against PyTorch.
 
-    Writes unet.onnx, unet.fp16.onnx / unet.bf16.pt2 / unet.plan as asked, calibration.safetensors
+    Writes unet.onnx, unet.fp16.onnx / unet.bf16.pt2 / unet.<precision>.plan as asked, calibration.safetensors
     and manifest.json into --out, and prints each engine's error per range of t.
     """
     from pndm.export.batch import parse_batch
