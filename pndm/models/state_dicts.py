@@ -112,6 +112,11 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path | str
             f"{path}: does not fit the {what} ({'; '.join(parts)}); check the config/architecture"
         )
     for name, ref in expected.items():
+        if ref.is_floating_point() and not state[name].is_floating_point():
+            raise CheckpointError(
+                f"{path}: tensor {name} holds {state[name].dtype} values but the {what} needs floating-point "
+                "weights; this is not a weights file of this model"
+            )
         if tuple(state[name].shape) != tuple(ref.shape):
             raise CheckpointError(
                 f"{path}: tensor {name} has shape {tuple(state[name].shape)} but the {what} expects "
