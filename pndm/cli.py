@@ -4,9 +4,9 @@ Each subsystem defines its click commands in its own module (``pndm/export/cli.p
 ``pndm/runtime/cli.py``, ``pndm/train/cli.py``); this module only assembles them,
 importing each lazily so ``--help`` is fast, and turns user errors into one line.
 
-Error policy: a :class:`pndm.errors.PndmError` (or another ``ValueError``, or a file
-error) prints ``error: <message>`` on stderr and exits with code 2. ``--debug`` (on any
-command) or ``PNDM_DEBUG=1`` shows the full traceback instead.
+Error policy: a :class:`pndm.errors.PndmError` (or another ``ValueError``, a file error, running
+out of memory, or a bad option value) prints ``error: <message>`` on stderr and exits with code 2.
+``--debug`` (on any command) or ``PNDM_DEBUG=1`` shows the full traceback instead.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ import sys
 
 import click
 
+from pndm.errors import out_of_memory, user_message
+
 EXIT_USER_ERROR = 2
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+USER_ERRORS = (ValueError, OSError)
 
 
 def debug_option(f):
@@ -38,19 +40,19 @@ def _run_guarded(main, *args, **kwargs):
         return main(*args, standalone_mode=False, **kwargs)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except click.BadParameter as e:  # a bad option value: one line, like every other user error
+        click.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(EXIT_USER_ERROR)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
         click.echo("Aborted!", err=True)
         sys.exit(1)
-    except USER_ERRORS as e:
-        if _debugging():
+    except Exception as e:
+        if not (isinstance(e, USER_ERRORS) or out_of_memory(e)) or _debugging():
             raise
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if isinstance(e, OSError) and e.filename and str(e.filename) not in message:
-            message = f"{message}: {e.filename}"
-        click.echo(f"error: {message}", err=True)
+        click.echo(f"error: {user_message(e)}", err=True)
         sys.exit(EXIT_USER_ERROR)
 
 

@@ -2,8 +2,7 @@
 
 A crash or an error half-way never leaves a truncated checkpoint, engine or image
 where a user (or the next run) would pick it up. Whole folders are published the same way
-(:func:`replace_dir`), under a lock that one writer holds at a time (:func:`folder_lock`), and
-file errors are worded for a user by :func:`os_error_message`.
+(:func:`replace_dir`), under a lock that one writer holds at a time (:func:`folder_lock`),.
 """
 
 from __future__ import annotations
@@ -68,21 +67,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def os_error_message(exc: OSError, what: str = "--out") -> str:
-    """One line for a file error, naming the path and the fix (``what``: the option that chose it)."""
-    path = exc.filename if exc.filename is not None else "?"
-    if exc.errno == errno.ENOSPC:
-        return f"no space left on device: {path}; free space or choose another {what}"
-    if exc.errno == errno.EROFS:
-        return f"read-only file system: {path}; choose a writable {what}"
-    if exc.errno == errno.EDQUOT:
-        return f"disk quota exceeded: {path}; free space or choose another {what}"
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return f"permission denied: {path}; choose a writable {what}"
-    reason = exc.strerror or str(exc) or type(exc).__name__
-    return f"{reason}: {path}"
 
 
 class FolderBusyError(PndmError):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import pickle
 import re
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,7 @@ def torch_load(path: Path, allow_pickle: bool = False) -> Any:
             f"{path}: not a readable PyTorch checkpoint ({_weights_only_reason(exc)}); the file is "
             "corrupt, truncated or of another kind: re-download or re-save it"
         ) from None
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # a corrupt pickle stream fails with anything (IndexError, struct.error...)
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint ({_reason(exc)}); the file is corrupt, "
             "truncated or of another kind: re-download or re-save it"

@@ -13,6 +13,7 @@ import torch
 
 from pndm.cli import debug_option
 from pndm.errors import PndmError
+from pndm.validate import Device
 
 ENGINE_HELP = (
     "Engine to run: an .onnx / .plan / .pt2 file with manifest.json beside it, an engine folder "
@@ -166,7 +167,7 @@ clip_x0_option = click.option(
     help="png: one seedNNNNNN.png per image; npz: samples.npz (uint8 images + seeds). Both write "
     "grid.png and run.json.",
 )
-@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--device", type=Device(), default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
 @click.option(
     "--cuda-graph/--no-cuda-graph",
@@ -249,7 +250,7 @@ def sample(
     "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Image i uses seed SEED+i."
 )
 @clip_x0_option
-@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--device", type=Device(), default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
 @click.option(
     "--layerwise",

@@ -26,13 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pndm.errors import PndmError
+from pndm.errors import PndmError, os_error_message
 from pndm.faults import fault_point
 from pndm.fileio import (
     atomic_path,
     atomic_write_text,
     folder_lock,
-    os_error_message,
     recover_dir,
     replace_dir,
 )

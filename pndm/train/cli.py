@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from pndm.cli import debug_option
+from pndm.errors import PndmError
 from pndm.train.presets import CHANGEABLE_FIELDS, TRAIN_PRESETS
 from pndm.validate import Device, FiniteFloat
 
@@ -66,7 +67,7 @@ def train(device, resume, allow_change, **options):
     from pndm.train.loop import TrainConfig, Trainer, init_distributed
 
     if allow_change and not resume:
-        raise click.UsageError("--allow-change needs --resume")
+        raise PndmError("--allow-change needs --resume (it lets a resumed run change a setting)")
     init_distributed()
     trainer = Trainer(TrainConfig(**options), device=device)
     lock = folder_lock(trainer.out) if trainer.rank == 0 else contextlib.nullcontext()

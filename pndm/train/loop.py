@@ -211,7 +211,7 @@ class Trainer:
             if option in allow_change or now[field] == before.get(field):
                 continue
             if option in ("arch", "data"):
-                detail = f"{'the model config' if option == 'arch' else 'the training images'} differ"
+                detail = 'the model config differs' if option == 'arch' else 'the training images differ'
             else:
                 detail = f"saved {before.get(field)!r}, now {now[field]!r}"
             hint = f" (or --allow-change {option})" if option in CHANGEABLE_FIELDS else ""
