@@ -34,7 +34,8 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it onto ``final`` on success.
 
     The temporary file is removed if the body raises. Parent folders are created. The final
-    file gets the usual permissions (0o666 less the umask), not mkstemp's private 0o600.
+    file gets the usual permissions (0o666 less the umask), not mkstemp's private 0o600. A file
+    error that names no file (a failed ``write()``, e.g. a full disk) is raised naming ``final``.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +47,10 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         os.chmod(tmp, _default_file_mode())
         fault_point("write", final)
         os.replace(tmp, final)
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror, str(final)) from e  # a failed write() names no file
     finally:
         if tmp.exists():
             tmp.unlink()
