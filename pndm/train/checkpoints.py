@@ -82,12 +82,16 @@ def write_unit(out: Path, step: int, parts: dict[str, dict[str, torch.Tensor]], 
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    hashes = {}
-    for part in UNIT_PARTS:
-        path = save_checkpoint(tmp / f"{part}.safetensors", parts[part], config)
-        hashes[path.name] = sha256_file(path)
-        hashes[config_path_for(path).name] = sha256_file(config_path_for(path))
-    atomic_write_text(tmp / "unit.json", json.dumps({"step": step, "sha256": hashes}, indent=2) + "\n")
+    try:
+        hashes = {}
+        for part in UNIT_PARTS:
+            path = save_checkpoint(tmp / f"{part}.safetensors", parts[part], config)
+            hashes[path.name] = sha256_file(path)
+            hashes[config_path_for(path).name] = sha256_file(config_path_for(path))
+        atomic_write_text(tmp / "unit.json", json.dumps({"step": step, "sha256": hashes}, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(tmp)
+        raise
     if final.exists():  # a complete unit a killed run renamed but never made current
         shutil.rmtree(final)
     fault_point("train.rename", final)
@@ -105,14 +109,17 @@ def write_unit(out: Path, step: int, parts: dict[str, dict[str, torch.Tensor]], 
 
 
 def clean(out: Path) -> None:
-    """Remove every unit but the current one, temporary units, and files of the layout before units."""
+    """Remove every unit but the current one, temporary units and links, and (once units exist) the
+    files of the layout before them. Call it holding the run folder's lock."""
     current = current_unit(out)
     folder = out / CHECKPOINTS
-    if current is None:
-        return
-    for path in _legacy_files(out) + [out / "train_state.json"]:
-        if path.is_file() and not path.is_symlink():
-            path.unlink()
+    for name in (POINTER, *PUBLISHED):  # symlinks a killed run made but never renamed into place
+        for stale in out.glob(f".{name}.tmp-*"):
+            stale.unlink()
+    if current is not None:
+        for path in _legacy_files(out) + [out / "train_state.json"]:
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
     for entry in folder.iterdir() if folder.is_dir() else ():
         if entry != current:
             fault_point("train.prune", entry)

@@ -64,6 +64,7 @@ def train(device, resume, allow_change, **options):
     import contextlib
 
     from pndm.fileio import folder_lock
+    from pndm.train.checkpoints import clean
     from pndm.train.loop import TrainConfig, Trainer, init_distributed
 
     if allow_change and not resume:
@@ -72,6 +73,8 @@ def train(device, resume, allow_change, **options):
     trainer = Trainer(TrainConfig(**options), device=device)
     lock = folder_lock(trainer.out) if trainer.rank == 0 else contextlib.nullcontext()
     with lock:
+        if trainer.rank == 0:
+            clean(trainer.out)  # what a killed run left half-written
         if resume:
             trainer.resume(allow_change)
         else:
