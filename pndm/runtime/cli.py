@@ -13,7 +13,7 @@ import torch
 
 from pndm.cli import debug_option
 from pndm.errors import PndmError
-from pndm.validate import Device
+from pndm.validate import Device, FiniteFloat
 
 ENGINE_HELP = (
     "Engine to run: an .onnx / .plan / .pt2 file with manifest.json beside it, an engine folder "
@@ -151,7 +151,7 @@ clip_x0_option = click.option(
 )
 @click.option(
     "--eta",
-    type=click.FloatRange(min=0.0),
+    type=FiniteFloat(min=0.0),
     default=0.0,
     show_default=True,
     help="DDIM stochasticity (0 = deterministic).",
@@ -261,7 +261,7 @@ def sample(
 )
 @click.option(
     "--layerwise-tol",
-    type=click.FloatRange(min=0.0),
+    type=FiniteFloat(min=0.0),
     default=0.01,
     show_default=True,
     help="Relative L2 error at which a layer counts as diverged (--layerwise).",

@@ -224,19 +224,19 @@ class Trainer:
     def run(self, on_sample=None) -> None:
         cfg = self.config
         self.out.mkdir(parents=True, exist_ok=True)
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=self.rank != 0,
-                   dynamic_ncols=True)
-        while self.step < cfg.steps:
-            loss = self.train_step()
-            if not math.isfinite(loss):
-                raise PndmError(f"loss became {loss} at step {self.step}; lower --lr or check the data")
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
-                self.save()
-            if on_sample and cfg.sample_every and self.step % cfg.sample_every == 0 and self.rank == 0:
-                on_sample(self)
-        bar.close()
+        # The context closes the bar (ending its line) before an error is printed, so that stays one line.
+        with tqdm(total=cfg.steps, initial=self.step, desc="train", disable=self.rank != 0,
+                  dynamic_ncols=True) as bar:
+            while self.step < cfg.steps:
+                loss = self.train_step()
+                if not math.isfinite(loss):
+                    raise PndmError(f"loss became {loss} at step {self.step}; lower --lr or check the data")
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                    self.save()
+                if on_sample and cfg.sample_every and self.step % cfg.sample_every == 0 and self.rank == 0:
+                    on_sample(self)
 
 
 def init_distributed() -> None:
