@@ -55,13 +55,13 @@ def timesteps(value: Any, what: str) -> int | None:
     return value
 
 
-def _check_value(name: str, value: Any, hint: Any, what: str) -> None:
+def _check_value(name: str, value: Any, hint: Any, minimum: int, what: str) -> None:
     origin = typing.get_origin(hint)
     if hint is bool:
         ok, expected = isinstance(value, bool), "true or false"
     elif hint is int:
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-        expected = "a positive integer"
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+        expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
     elif hint is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         expected = "a finite number"
@@ -76,11 +76,14 @@ def _check_value(name: str, value: Any, hint: Any, what: str) -> None:
 
 
 def check_dataclass_values(cls: type, values: dict[str, Any], what: str) -> None:
-    """Check ``values`` against the annotated field types of dataclass ``cls`` (int, float, bool, tuples)."""
+    """Check ``values`` against the annotated field types of dataclass ``cls`` (int, float, bool, tuples).
+
+    Integers must be >= 1 unless the field's metadata names another ``minimum``.
+    """
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in values:
-            _check_value(f.name, values[f.name], hints[f.name], what)
+            _check_value(f.name, values[f.name], hints[f.name], f.metadata.get("minimum", 1), what)
 
 
 def available_device(name: str):
