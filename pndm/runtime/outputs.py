@@ -12,6 +12,7 @@ holds files pndm did not write is refused rather than deleted.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import io
 import json
@@ -52,8 +53,14 @@ def prepare_out_dir(out: str | os.PathLike) -> Path:
             pass
         (out / ".pndm-write-test").unlink()
     except OSError as e:
-        raise PndmError(os_error_message(e)) from e
+        raise _unwritable(out, e) from e
     return out
+
+
+def _unwritable(out: Path, e: OSError) -> PndmError:
+    if e.errno in (errno.ENOSPC, errno.EROFS):
+        return PndmError(os_error_message(e))
+    return PndmError(f"cannot write to the output folder {out} ({e.strerror or e}): choose a writable --out")
 
 
 def _check_run_folder(out: Path) -> None:
@@ -89,12 +96,16 @@ def staged_output(out: str | os.PathLike) -> Iterator[Path]:
     created = [p for p in out.parents if not p.exists()]  # innermost first
     staging = out.parent / f".{out.name}.pndm-staging-{os.getpid()}"
     try:
-        with folder_lock(out):
+        with contextlib.ExitStack() as stack:
             try:
+                stack.enter_context(folder_lock(out))
                 _clean_stale(out)
                 if out.exists():
                     _check_run_folder(out)
                 staging.mkdir()
+            except OSError as e:
+                raise _unwritable(out, e) from e
+            try:
                 yield staging
                 fault_point("sample.publish", out)
                 old = out.parent / f".{out.name}.pndm-old-{os.getpid()}"
