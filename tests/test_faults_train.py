@@ -19,6 +19,7 @@ import torch
 
 from pndm import faults
 from pndm.errors import PndmError
+from pndm.fileio import folder_lock
 from pndm.models import load, load_checkpoint
 from pndm.train.checkpoints import read_unit
 from pndm.train.cli import train
@@ -212,3 +213,20 @@ def test_enospc_while_saving_keeps_the_previous_unit(inputs, tmp_path, monkeypat
     monkeypatch.delenv("PNDM_FAULT")
     train.main(_args(inputs, out, "--resume"), standalone_mode=False)
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_0000004"]
+
+
+def test_a_second_run_into_a_busy_run_folder_is_refused(inputs, tmp_path):
+    out = tmp_path / "run"
+    with folder_lock(out):
+        with pytest.raises(PndmError, match=f"another pndm process \\(pid {os.getpid()}\\) is writing there"):
+            train.main(_args(inputs, out), standalone_mode=False)
+    assert not out.exists()
+
+
+def test_sigint_while_saving_leaves_the_previous_unit_and_no_temporary_files(inputs, tmp_path):
+    out = tmp_path / "run"
+    status = _forked(_args(inputs, out), f"write@{WRITES_PER_UNIT + 2}:sigint")
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 3  # KeyboardInterrupt, raised in the child
+    assert read_unit(out)[0] == EVERY
+    assert [p.name for p in (out / "checkpoints").iterdir()] == [f"step_{EVERY:07d}"]
+    assert not list(out.parent.glob(".*pndm-lock"))
