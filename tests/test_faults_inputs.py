@@ -231,7 +231,7 @@ def test_bad_input_is_one_line_and_exit_2(command, make_args, expected, fault, f
     elif fault:
         monkeypatch.setenv("PNDM_FAULT", fault)
     with pytest.raises(SystemExit) as exit_info:
-        _run_guarded(command.main, make_args(files))
+        _run_guarded(command.main, make_args(files), command=command)
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("sampling", "train"))]
     assert exit_info.value.code == 2, err

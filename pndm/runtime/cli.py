@@ -13,6 +13,7 @@ import torch
 
 from pndm.cli import debug_option
 from pndm.errors import PndmError
+from pndm.runtime.tune import grid_options, resolve_grid
 from pndm.validate import Device, FiniteFloat
 
 ENGINE_HELP = (
@@ -157,6 +158,7 @@ clip_x0_option = click.option(
     help="DDIM stochasticity (0 = deterministic).",
 )
 @clip_x0_option
+@grid_options
 @click.option("--out", default="samples", show_default=True, help="Output folder.")
 @click.option(
     "--format",
@@ -176,10 +178,13 @@ clip_x0_option = click.option(
     help="TensorRT: capture each batch size into a CUDA graph after one warm-up.",
 )
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+@click.option("--save-trajectory", is_flag=True,
+              help="Also write trajectory.png: x_t and the denoised estimate at every model evaluation "
+                   "for the first 8 images.")
 @debug_option
 def sample(
-    engine_path, method, steps, num, batch, seed, eta, clip_x0, out, fmt, device, threads, cuda_graph,
-    progress,
+    engine_path, method, steps, num, batch, seed, eta, clip_x0, grid, recipe_path, out, fmt, device, threads,
+    cuda_graph, progress, save_trajectory,
 ):
     """Sample images from an engine with a PNDM-family solver.
 
@@ -205,6 +210,12 @@ def sample(
             threads=threads,
         )
         engine.check_batch(min(batch, num))
+        method, steps, grid, grid_name = resolve_grid(engine, engine_path, method, steps, grid, recipe_path)
+        recorder = None
+        if save_trajectory and env.is_main:
+            from pndm.runtime.latents import TrajectoryRecorder
+
+            recorder = TrajectoryRecorder(engine)
         run = (
             sample_seeds(
                 engine,
@@ -214,12 +225,17 @@ def sample(
                 batch=batch,
                 eta=eta,
                 clip_x0=clip_x0,
+                grid=grid,
+                eps=recorder,
                 progress=progress and env.is_main,
             )
             if my_seeds
             else None
         )
-        summary = _write_outputs(env, folder, fmt, engine, my_seeds, run, {"eta": eta, "clip_x0": clip_x0})
+        if recorder is not None:
+            recorder.save_strip(folder / "trajectory.png", run.images)
+        summary = _write_outputs(env, folder, fmt, engine, my_seeds, run, {"eta": eta, "clip_x0": clip_x0,
+                                                                              "grid": grid_name})
     if summary is None:
         return
     seeds = summary["seeds"]
@@ -250,6 +266,7 @@ def sample(
     "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Image i uses seed SEED+i."
 )
 @clip_x0_option
+@grid_options
 @click.option("--device", type=Device(), default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
 @click.option(
@@ -280,6 +297,8 @@ def check(
     batch,
     seed,
     clip_x0,
+    grid,
+    recipe_path,
     device,
     threads,
     layerwise,
@@ -302,9 +321,11 @@ def check(
     _set_threads(threads)
     candidate = load_engine(engine_path, device, threads=threads)
     candidate.check_batch(min(batch, num))
+    method, steps, grid, _ = resolve_grid(candidate, engine_path, method, steps, grid, recipe_path)
     ref = find_reference(candidate, reference, candidate.device, threads=threads)
     report = check_engine(
-        candidate, ref, seeds, method=method, steps=steps, batch=batch, clip_x0=clip_x0, progress=progress
+        candidate, ref, seeds, method=method, steps=steps, batch=batch, clip_x0=clip_x0, progress=progress,
+        grid=grid,
     )
     if layerwise:
         from pndm.runtime.layerwise import layerwise_for_check

@@ -40,7 +40,7 @@ from pndm.images import make_grid, save_png
 
 GRID_MAX_IMAGES = 64  # grid.png shows the first 64 seeds; every image is still written on its own
 # What a sampling run writes into --out (and the temporary names of pndm's earlier versions).
-_NAMES = r"(seed\d{6,}\.png|grid\.png|run\.json|samples\.npz)"
+_NAMES = r"(seed\d{6,}\.png|grid\.png|run\.json|samples\.npz|trajectory\.png)"
 RUN_FILES = re.compile(rf"^({_NAMES}|\.{_NAMES}\.\w+\.tmp|\.pndm-write-test)$")
 
 

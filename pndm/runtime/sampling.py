@@ -90,11 +90,12 @@ def sample_seeds(
     batch: int,
     eta: float = 0.0,
     clip_x0: bool = False,
+    grid=None,
     eps: Callable | None = None,
     progress: bool = True,
     desc: str = "sampling",
 ) -> SampleRun:
-    """Sample one image per seed with ``method``/``steps`` through ``engine``.
+    """Sample one image per seed with ``method``/``steps``/``grid`` (None: the method's) through ``engine``.
 
     ``eps`` replaces the engine as the model the solver calls (a wrapper of it, e.g. the checker's
     NaN watch); the engine still supplies the image shape, schedule, device and batch profile.
@@ -131,6 +132,7 @@ def sample_seeds(
                 eta=eta,
                 generator=generators if eta > 0 else None,
                 clip_x0=clip_x0,
+                grid=grid,
             )
             outputs.append(x_0.float().cpu())
     finally:

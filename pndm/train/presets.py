@@ -22,7 +22,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 # hash of the training images.
 RUN_FIELDS = {"arch": "arch", "data": "data", "schedule": "schedule", "timesteps": "T", "lr": "lr",
               "batch": "batch", "warmup": "warmup", "ema": "ema", "loss": "loss", "grad-clip": "grad_clip",
-              "seed": "seed", "bf16": "bf16"}
+              "seed": "seed", "bf16": "bf16", "t-focus": "t_focus"}
 CHANGEABLE_FIELDS = tuple(name for name in RUN_FIELDS if name not in ("arch", "data"))
 
 
