@@ -193,10 +193,13 @@ clip_x0_option = click.option(
     help="TensorRT: capture each batch size into a CUDA graph after one warm-up.",
 )
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+@click.option("--save-trajectory", is_flag=True,
+              help="Also write trajectory.png: x_t and the denoised estimate at every model evaluation "
+                   "for the first 8 images.")
 @debug_option
 def sample(
     engine_path, method, steps, num, batch, seed, eta, clip_x0, grid, recipe_path, out, fmt, device, threads,
-    cuda_graph, progress,
+    cuda_graph, progress, save_trajectory,
 ):
     """Sample images from an engine with a PNDM-family solver.
 
@@ -221,6 +224,11 @@ def sample(
         )
         engine.check_batch(min(batch, num))
         method, steps, grid, grid_name = resolve_grid(engine, engine_path, method, steps, grid, recipe_path)
+        recorder = None
+        if save_trajectory and env.is_main:
+            from pndm.runtime.latents import TrajectoryRecorder
+
+            recorder = TrajectoryRecorder(engine)
         run = (
             sample_seeds(
                 engine,
@@ -231,11 +239,14 @@ def sample(
                 eta=eta,
                 clip_x0=clip_x0,
                 grid=grid,
+                eps=recorder,
                 progress=progress and env.is_main,
             )
             if my_seeds
             else None
         )
+        if recorder is not None:
+            recorder.save_strip(folder / "trajectory.png", run.images)
         summary = _write_outputs(env, folder, fmt, engine, my_seeds, run, {"eta": eta, "clip_x0": clip_x0,
                                                                               "grid": grid_name})
     if summary is None:

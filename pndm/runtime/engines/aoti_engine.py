@@ -10,29 +10,30 @@ from __future__ import annotations
 import torch
 
 from pndm.errors import EngineError
-from pndm.runtime.engines.base import Engine, EngineInfo
+from pndm.runtime.engines.base import Engine
 
 
 class AotiEngine(Engine):
     backend = "aoti"
 
-    def __init__(self, info: EngineInfo, device: torch.device):
-        super().__init__(info, device)
-        device_index = (
-            self.device.index if self.device.type == "cuda" and self.device.index is not None else -1
-        )
+    def _open(self) -> None:
+        cuda = self.device.type == "cuda" and self.device.index is not None
+        device_index = self.device.index if cuda else -1
         try:
-            self.module = torch._inductor.aoti_load_package(info.path, device_index=device_index)
+            self.module = torch._inductor.aoti_load_package(self.path, device_index=device_index)
         except Exception as e:  # zip, shared-object and metadata errors all mean the same to a user
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise EngineError(
-                f"cannot load the AOTInductor package {info.path} ({first[:200]}): it is corrupt, truncated "
+                f"cannot load the AOTInductor package {self.path} ({first[:200]}): it is corrupt, truncated "
                 "or was built for another device/torch version; re-export it with pndm-export"
             ) from e
 
-    def run(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _close(self) -> None:
+        del self.module
+
+    def run(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.inference_mode():
-            out = self.module(x, t)
+            out = self.module(*inputs.values())
         if isinstance(out, (tuple, list)):
             out = out[0]
         return out.float()
