@@ -81,7 +81,8 @@ def load_source(model: str | None, checkpoint: str | None, random_init: bool, tr
               help="Solver steps per calibration trajectory.")
 @click.option("--calibration-count", type=click.IntRange(min=1), default=2, show_default=True,
               help="Number of calibration trajectories (seeds).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration noise.")
+@click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
+              help="Seed of the calibration noise.")
 @model_options
 @debug_option
 def build(model_name, checkpoint, out, precision, batch_text, opset, trt_mode, timing_cache, lean,

@@ -27,6 +27,7 @@ from pndm.errors import PndmError
 from pndm.models.ddpm_unet import DDPMUNetConfig
 from pndm.models.iddpm_unet import IDDPMUNetConfig
 from pndm.schedules import DIFFUSERS_BETA_SCHEDULES, SCHEDULE_NAMES, ScheduleSpec
+from pndm.validate import check_dataclass_values
 
 # The `model:` sections of ermongroup/ddim configs/{cifar10,celeba,church,bedroom}.yml (the
 # PNDM repo's config/ddim_*.yml hold the same values); dropout is inert in eval mode.
@@ -70,6 +71,7 @@ def dataclass_from_dict(cls: type, raw: dict[str, Any], what: str):
         raise PndmError(f"{what}: expected a mapping of architecture settings, got {type(raw).__name__}")
     names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in names}
+    check_dataclass_values(cls, kwargs, what)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:

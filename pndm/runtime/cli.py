@@ -14,6 +14,7 @@ import torch
 from pndm.cli import debug_option
 from pndm.errors import PndmError
 from pndm.runtime.tune import grid_options, resolve_grid
+from pndm.validate import Device, FiniteFloat
 
 ENGINE_HELP = (
     "Engine to run: an .onnx / .plan / .pt2 file with manifest.json beside it, an engine folder "
@@ -57,22 +58,6 @@ def _json_safe(value):
     return value
 
 
-@contextlib.contextmanager
-def _output_folder(out: str):
-    """Prepare ``out`` before any work; if the run fails, remove it again if we created it and it is empty."""
-    from pndm.runtime.outputs import prepare_out_dir
-
-    path = Path(out)
-    existed = path.exists()
-    folder = prepare_out_dir(path)
-    try:
-        yield folder
-    except BaseException:
-        if not existed and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
-        raise
-
-
 def _set_threads(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)
@@ -87,9 +72,9 @@ def _device_for_rank(device: str, local_rank: int, world_size: int) -> str:
 def _write_outputs(
     env, folder: Path, fmt: str, engine, my_seeds: list[int], run, options: dict
 ) -> dict | None:
-    """Each rank writes its PNGs; rank 0 gathers everything and writes npz, grid.png, run.json.
+    """Rank 0 gathers every rank's images and writes the PNGs (or npz), grid.png and run.json.
 
-    Returns run.json's content on rank 0, None on the other ranks.
+    Returns run.json's content on rank 0, None on the other ranks (which write nothing).
     """
     from pndm.images import to_uint8
     from pndm.runtime.distributed import gather_to_main
@@ -97,8 +82,6 @@ def _write_outputs(
 
     channels, height, width = engine.image_shape
     pixels = to_uint8(run.images) if run else torch.zeros(0, height, width, channels, dtype=torch.uint8)
-    if fmt == "png":
-        write_pngs(pixels, my_seeds, folder)
     gathered = gather_to_main(env, (my_seeds, pixels, run.stats() if run else None))
     if not env.is_main:
         return None
@@ -108,6 +91,8 @@ def _write_outputs(
     seeds = [seeds[i] for i in order]
     if fmt == "npz":
         write_npz(all_pixels, seeds, folder)
+    else:
+        write_pngs(all_pixels, seeds, folder)
     write_grid(all_pixels, folder)
     rank_stats = [part[2] for part in gathered if part[2]]
     wall = max(s["wall_seconds"] for s in rank_stats)
@@ -177,7 +162,7 @@ clip_x0_option = click.option(
 )
 @click.option(
     "--eta",
-    type=click.FloatRange(min=0.0),
+    type=FiniteFloat(min=0.0),
     default=0.0,
     show_default=True,
     help="DDIM stochasticity (0 = deterministic).",
@@ -195,7 +180,7 @@ clip_x0_option = click.option(
     help="png: one seedNNNNNN.png per image; npz: samples.npz (uint8 images + seeds). Both write "
     "grid.png and run.json.",
 )
-@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--device", type=Device(), default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
 @click.option(
     "--cuda-graph/--no-cuda-graph",
@@ -220,13 +205,15 @@ def sample(
     """
     from pndm.runtime.distributed import process_group
     from pndm.runtime.loader import load_engine
+    from pndm.runtime.outputs import staged_output
     from pndm.runtime.sampling import sample_seeds
     from pndm.runtime.seeds import dist_env, seed_list, shard_seeds
 
     env = dist_env()
     all_seeds = seed_list(seed, num)
     my_seeds = shard_seeds(all_seeds, env.rank, env.world_size)
-    with _output_folder(out) as folder, process_group(env):
+    output = staged_output(out) if env.is_main else contextlib.nullcontext()
+    with output as folder, process_group(env):
         _set_threads(threads)
         engine = load_engine(
             engine_path,
@@ -267,7 +254,7 @@ def sample(
         return
     seeds = summary["seeds"]
     click.echo(
-        f"wrote {seeds['count']} images to {folder} ({method}, {steps} steps, NFE {summary['nfe']}, "
+        f"wrote {seeds['count']} images to {out} ({method}, {steps} steps, NFE {summary['nfe']}, "
         f"{summary['latency_per_nfe_ms']:.1f} ms per NFE, {summary['images_per_second']:.2f} images/s)",
         err=True,
     )
@@ -295,7 +282,7 @@ def sample(
 @clip_x0_option
 @class_label_option
 @grid_options
-@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--device", type=Device(), default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
 @click.option(
     "--layerwise",
@@ -306,7 +293,7 @@ def sample(
 )
 @click.option(
     "--layerwise-tol",
-    type=click.FloatRange(min=0.0),
+    type=FiniteFloat(min=0.0),
     default=0.01,
     show_default=True,
     help="Relative L2 error at which a layer counts as diverged (--layerwise).",
