@@ -96,7 +96,7 @@ class ScheduleSpec:
         elif self.T is None:
             object.__setattr__(self, "T", 1000)
         if not _is_int(self.T) or self.T < 2:
-            raise PndmError(f"schedule length T must be an integer >= 2 (got {self.T!r})")
+            raise PndmError(f"the number of diffusion steps T must be an integer >= 2, got {self.T!r}")
         if self.name == "cosine" and (self.beta_start is not None or self.beta_end is not None):
             raise PndmError("the cosine schedule has no beta range: drop beta_start/beta_end")
         if self.name in ("linear", "quad"):
