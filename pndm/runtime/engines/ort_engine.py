@@ -10,8 +10,6 @@ batch size returns the SAME tensor (the solvers and the checker copy what they k
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
@@ -27,16 +25,16 @@ _ORT_TYPES = {
 
 
 def session_options(threads: int | None = None):
-    """Session options for speed: all graph optimizations, one intra-op thread per core.
-
-    Under torchrun the cores are shared by the processes on this machine (``LOCAL_WORLD_SIZE``).
+    """Session options for speed: all graph optimizations, one intra-op thread per physical core
+    (:func:`pndm.runtime.threads.default_threads`: shared among torchrun processes).
     """
     import onnxruntime as ort
 
+    from pndm.runtime.threads import default_threads
+
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    options.intra_op_num_threads = threads or max(1, (os.cpu_count() or 1) // local_processes)
+    options.intra_op_num_threads = threads or default_threads()
     options.log_severity_level = 3
     return options
 
