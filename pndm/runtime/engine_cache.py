@@ -97,3 +97,49 @@ def cached_folder(kind: str, key: str, build: Callable[[Path], object]) -> tuple
         event.update(status="rebuilt", reason=problem)
     _EVENTS.append(event)
     return final, value
+
+
+def cpu_fingerprint() -> str:
+    """A short hash of this CPU's model name and feature flags (what CPU-specific code depends on)."""
+    import hashlib
+    import platform
+
+    text = platform.machine() + platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [line for line in f.read().split("\n\n")[0].splitlines()
+                     if line.startswith(("model name", "flags", "Features", "CPU part"))]
+        text += "\n".join(lines)
+    except OSError:
+        pass
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+OPTIMIZED_ONNX = "optimized.onnx"
+
+
+def onnxruntime_session(path: str | os.PathLike, source_sha256: str, options, providers: list):
+    """An ONNX Runtime CPU session for ``path`` whose graph optimization is done once per machine.
+
+    The first load optimizes as usual (``options``' level) and saves the optimized graph
+    (``SessionOptions.optimized_model_filepath``) into the cache entry keyed by the file's SHA-256,
+    the ONNX Runtime version and :func:`cpu_fingerprint` (ORT's fused CPU kernels and layouts are
+    specific to the CPU); later loads read that graph with optimizations off.
+    """
+    import onnxruntime as ort
+
+    key = f"{source_sha256}-ort{ort.__version__}-{cpu_fingerprint()}"
+
+    def build(folder: Path):
+        options.optimized_model_filepath = str(folder / OPTIMIZED_ONNX)
+        try:
+            return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        finally:
+            options.optimized_model_filepath = ""
+
+    folder, session = cached_folder("onnxruntime", key, build)
+    if session is None:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        optimized = str(folder / OPTIMIZED_ONNX)
+        session = ort.InferenceSession(optimized, sess_options=options, providers=providers)
+    return session

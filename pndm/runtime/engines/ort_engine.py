@@ -76,9 +76,7 @@ class OrtEngine(Engine):
 
         super().__init__(info, device)
         try:
-            self.session = ort.InferenceSession(
-                info.path, sess_options=session_options(threads), providers=providers_for(self.device)
-            )
+            self.session = self._session(ort, threads)
         except EngineError:
             raise
         except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/... types
@@ -107,6 +105,23 @@ class OrtEngine(Engine):
         self.out_type = self._ort_type(outputs[self.out_name].type)
         self.binding = self.session.io_binding()
         self._outputs: dict[int, torch.Tensor] = {}
+
+    def _session(self, ort, threads: int | None):
+        """CPU: through the optimized-graph cache (:mod:`pndm.runtime.engine_cache`), keyed by the
+        file's verified SHA-256 from the manifest; CUDA: optimized on every load."""
+        options, providers = session_options(threads), providers_for(self.device)
+        sha256 = None
+        if self.manifest is not None:
+            from pathlib import Path
+
+            from pndm.export.manifest import engine_entry
+
+            sha256 = engine_entry(self.manifest, Path(self.path)).get("sha256")
+        if self.device.type == "cpu" and sha256:
+            from pndm.runtime.engine_cache import onnxruntime_session
+
+            return onnxruntime_session(self.path, sha256, options, providers)
+        return ort.InferenceSession(self.path, sess_options=options, providers=providers)
 
     def _ort_type(self, name: str):
         if name not in _ORT_TYPES:
