@@ -1,11 +1,14 @@
 """AOTInductor engine: a ``.pt2`` package (``pndm-export``'s bf16 CPU engine, or a CUDA package).
 
-Loaded with :func:`torch._inductor.aoti_load_package`: compiled code and weights only, no model
-code and no unpickling. The package takes float32 ``x``/``t``; whatever precision it computes in
-inside, the engine returns float32 eps.
+Loaded with torch's C++ AOTInductor runner (:func:`pndm.runtime.engine_cache.aoti_runner`: the
+CPU library is extracted once into the engine cache; no ``torch._inductor`` import): compiled code
+and weights only, no model code and no unpickling. The package takes float32 ``x``/``t``; whatever
+precision it computes in inside, the engine returns float32 eps.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
@@ -17,12 +20,14 @@ class AotiEngine(Engine):
     backend = "aoti"
 
     def __init__(self, info: EngineInfo, device: torch.device):
+        from pndm.export.manifest import engine_entry
+        from pndm.fileio import sha256_file
+        from pndm.runtime.engine_cache import aoti_runner
+
         super().__init__(info, device)
-        device_index = (
-            self.device.index if self.device.type == "cuda" and self.device.index is not None else -1
-        )
+        sha256 = engine_entry(info.manifest, Path(info.path)).get("sha256") or sha256_file(info.path)
         try:
-            self.module = torch._inductor.aoti_load_package(info.path, device_index=device_index)
+            self.runner = aoti_runner(info.path, sha256, self.device)
         except Exception as e:  # zip, shared-object and metadata errors all mean the same to a user
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise EngineError(
@@ -32,7 +37,5 @@ class AotiEngine(Engine):
 
     def run(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            out = self.module(x, t)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
+            (out,) = self.runner.run([x, t])
         return out.float()
