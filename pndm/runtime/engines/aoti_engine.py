@@ -25,7 +25,8 @@ class AotiEngine(Engine):
         from pndm.runtime.engine_cache import aoti_runner
 
         super().__init__(info, device)
-        sha256 = engine_entry(info.manifest, Path(info.path)).get("sha256") or sha256_file(info.path)
+        listed = engine_entry(info.manifest, Path(info.path)).get("sha256") if info.manifest else None
+        sha256 = listed or sha256_file(info.path)
         try:
             self.runner = aoti_runner(info.path, sha256, self.device)
         except Exception as e:  # zip, shared-object and metadata errors all mean the same to a user
