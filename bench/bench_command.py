@@ -87,7 +87,7 @@ def prepare(work: Path) -> tuple[Path, Path]:
 
 
 def commands(engines: Path, unet_dir: Path, steps: int, threads: int | None) -> dict:
-    """name -> (argv builder (num, out) -> list, kind)."""
+    """key -> (runner label, argv builder (num, out) -> list, precision of its matmuls)."""
     thread_args = ["--threads", str(threads)] if threads else []
 
     def pndm(engine: str):
@@ -101,9 +101,9 @@ def commands(engines: Path, unet_dir: Path, steps: int, threads: int | None) -> 
                 "--steps", str(steps), "-n", str(num), "--out", str(out), *thread_args]
 
     return {
-        "pndm-run, AOTInductor bf16 (.pt2)": (pndm("unet.bf16.pt2"), "bf16"),
-        "pndm-run, ONNX Runtime fp32": (pndm("unet.onnx"), "fp32"),
-        "diffusers PNDMPipeline script, fp32 eager": (diffusers, "fp32"),
+        "pt2": ("pndm-run sample: AOTInductor bf16 (.pt2)", pndm("unet.bf16.pt2"), "bf16"),
+        "onnx": ("pndm-run sample: ONNX Runtime fp32", pndm("unet.onnx"), "fp32"),
+        "diffusers": ("diffusers PNDMPipeline script (fp32 eager)", diffusers, "fp32"),
     }
 
 
@@ -139,11 +139,18 @@ def summarize(runs: dict, nfe: int, peaks: dict, kinds: dict) -> list[dict]:
             "peak_share": GFLOP_PER_IMAGE_NFE * num * nfe / sampling / peaks[kinds[name]],
         })
     for row in rows:
-        base = next(r for r in rows if r["images"] == row["images"] and r["runner"].startswith("diffusers"))
-        pairs = [b / a for a, b in zip(row["all_s"], base["all_s"], strict=True)]
-        row["speedup_median"] = base["median_s"] / row["median_s"]
-        row["speedup_per_round"] = pairs
+        base = [r for r in rows if r["images"] == row["images"] and r["runner"].startswith("diffusers")]
+        if base:
+            row["speedup_median"] = base[0]["median_s"] / row["median_s"]
+            row["speedup_per_round"] = [b / a for a, b in zip(row["all_s"], base[0]["all_s"], strict=True)]
     return rows
+
+
+def _speedup(row: dict) -> str:
+    if "speedup_median" not in row:
+        return "-"
+    pairs = row["speedup_per_round"]
+    return f"{row['speedup_median']:.2f}x ({min(pairs):.2f}-{max(pairs):.2f})"
 
 
 def markdown(rows: list[dict], peaks: dict) -> str:
@@ -156,8 +163,7 @@ def markdown(rows: list[dict], peaks: dict) -> str:
         lines.append(
             f"| {r['runner']} | {r['images']} | {r['nfe']} | {r['median_s']:.2f} "
             f"({r['min_s']:.2f}-{r['max_s']:.2f}) "
-            f"| {r['cold_s']:.2f} | {r['speedup_median']:.2f}x ({min(r['speedup_per_round']):.2f}-"
-            f"{max(r['speedup_per_round']):.2f}) | {r['sampling_s']:.2f} | {r['images_per_s_sampling']:.2f} "
+            f"| {r['cold_s']:.2f} | {_speedup(r)} | {r['sampling_s']:.2f} | {r['images_per_s_sampling']:.2f} "
             f"| {100 * r['peak_share']:.0f} % |"
         )
     lines.append("")
@@ -170,10 +176,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=REPO / "build" / "bench-command", help="engines, UNet")
     parser.add_argument("--steps", type=int, default=10, help="F-PNDM / PNDMPipeline steps (default 10)")
-    parser.add_argument("--nums", default="4,64", help="image counts, one batch each (default 4,64)")
+    parser.add_argument("--nums", default="1,4,64", help="image counts, one batch each (default 1,4,64)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds after the cold run (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="threads for every runner (default theirs)")
-    parser.add_argument("--skip", default="", help="comma-separated runner names to leave out")
+    parser.add_argument("--skip", default="", help="runners to leave out: pt2,onnx,diffusers or e.g. onnx@64")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -181,8 +187,8 @@ def main(argv=None) -> int:
     result = {"machine": machine(), "command": " ".join(["bench/bench_command.py", *(argv or sys.argv[1:])])}
     engines, unet_dir = prepare(args.work)
     nums = [int(n) for n in args.nums.split(",")]
-    cmds = {k: v for k, v in commands(engines, unet_dir, args.steps, args.threads).items()
-            if k not in args.skip.split(",")}
+    cmds = commands(engines, unet_dir, args.steps, args.threads)
+    skip = set(args.skip.split(","))
     env = {**os.environ, "PNDM_CACHE_DIR": tempfile.mkdtemp(prefix="pndm-bench-cache-")}
     check = subprocess.run([str(BIN / "pndm-run"), "check", "--engine", str(engines / "unet.bf16.pt2"),
                             "--steps", str(args.steps), "-n", "4", "--no-progress"],
@@ -195,7 +201,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="pndm-bench-out-") as scratch:
         for r in range(-1, args.rounds):  # round -1: the cold-cache first runs
             for num in nums:
-                for name, (build, _) in cmds.items():
+                for key, (name, build, _) in cmds.items():
+                    if key in skip or f"{key}@{num}" in skip:
+                        continue
                     out = Path(scratch) / f"{len(runs)}-{r}-{num}"
                     record = run_once(build(num, out), out, env)
                     slot = runs.setdefault((name, num), {"cold": None, "warm": []})
@@ -210,7 +218,7 @@ def main(argv=None) -> int:
         result["machine"]["load_average_at_end"] = f.read().split()[:3]
     nfe = args.steps + 9
     result["matmul_peak_gflops"] = peaks
-    result["timings"] = summarize(runs, nfe, peaks, {k: v[1] for k, v in cmds.items()})
+    result["timings"] = summarize(runs, nfe, peaks, {name: kind for name, _, kind in cmds.values()})
     result["markdown"] = markdown(result["timings"], peaks)
     print(result["markdown"])
     if args.json:

@@ -154,26 +154,29 @@ def aoti_runner(path: str | os.PathLike, source_sha256: str, device):
     ``torch._inductor.aoti_load_package`` imports the whole compiler stack (seconds) and extracts
     the package into a new temporary folder on every load. On the CPU the package's compiled
     library (weights included) is extracted once into the cache entry keyed by the package's
-    SHA-256 and the torch version, and loaded from there with torch's C++ runner. On CUDA the
-    package is loaded by torch's C++ package loader (no inductor import; single-threaded runs, as a
-    CUDA graph capture needs). Either way the result is called as ``runner.run([x, t]) -> [eps]``.
+    SHA-256 and the torch version, and loaded from there with torch's C++ runner. On CUDA (kernels
+    in separate cubin files), or when the weights are stored apart from the library, the package is
+    loaded by torch's C++ package loader (no inductor import; single-threaded runs, as a CUDA graph
+    capture needs). Either way the result is called as ``runner.run([x, t]) -> [eps]``.
     """
+    import zipfile
+
     import torch
 
-    if device.type == "cuda":
+    with zipfile.ZipFile(path) as package:
+        names = package.namelist()
+    libraries = [m for m in names if AOTI_MODEL_DIR in m and m.endswith(".so")]
+    weights_apart = any("/data/weights/" in f"/{m}" or "/data/constants/" in f"/{m}" for m in names)
+    if device.type == "cuda" or len(libraries) != 1 or weights_apart:
+        # the package loader finds kernels (cubins) and weights stored beside the library itself
         return torch._C._aoti.AOTIModelPackageLoader(
             os.fspath(path), "model", True, 1, device.index if device.index is not None else -1
         )
     key = f"{source_sha256}-torch{torch.__version__}"
 
     def build(folder: Path) -> None:
-        import zipfile
-
-        with zipfile.ZipFile(path) as package:
-            members = [m for m in package.namelist() if AOTI_MODEL_DIR in m and m.endswith(".so")]
-            if len(members) != 1:
-                raise OSError(f"{path}: expected one compiled model library in the package, found {members}")
-            with package.open(members[0]) as source, open(folder / "model.so", "wb") as target:
+        with zipfile.ZipFile(path) as package, package.open(libraries[0]) as source:
+            with open(folder / "model.so", "wb") as target:
                 shutil.copyfileobj(source, target, 1 << 20)
 
     folder, _ = cached_folder("aoti", key, build)
