@@ -8,7 +8,8 @@ S + 9 model calls), all images in one batch.
 1. ``pndm-export build --model cifar10 --random-init --precision bf16 --trt off`` (fp32
    ``unet.onnx`` + bf16 ``unet.bf16.pt2``) and a diffusers ``UNet2DModel`` of that architecture;
 2. ``pndm-run check`` on the bf16 engine (the fastest CPU engine must pass it);
-3. a cold-cache first run of every command (also the warm-up), then ``--rounds`` rounds, each
+3. a cold-cache first run of every command (also the warm-up; the engine cache under
+   ``<work>/cache/engines`` is emptied first), then ``--rounds`` rounds, each
    running every (command, image count) once, interleaved round-robin so a shared machine's
    changing load hits all alike; median, min and max per command, and the ratio to diffusers;
 4. a roofline line: the measured matmul peak (bf16, fp32) of this machine and the share of it each
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -71,13 +73,13 @@ def matmul_peak(dtype: torch.dtype, n: int = 1024, seconds: float = 1.5) -> floa
     return best
 
 
-def prepare(work: Path) -> tuple[Path, Path]:
+def prepare(work: Path, env: dict) -> tuple[Path, Path]:
     engines, unet_dir = work / "engines", work / "diffusers-unet"
     if not (engines / "unet.bf16.pt2").is_file():
         cmd = [str(BIN / "pndm-export"), "build", "--model", "cifar10", "--random-init", "--precision",
                "bf16", "--batch", "1:4:64", "--trt", "off", "--out", str(engines)]
         log(" ".join(cmd))
-        subprocess.run(cmd, check=True)
+        subprocess.run(cmd, check=True, env=env)
     if not (unet_dir / "config.json").is_file():
         from diffusers import UNet2DModel
 
@@ -185,11 +187,12 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     result = {"machine": machine(), "command": " ".join(["bench/bench_command.py", *(argv or sys.argv[1:])])}
-    engines, unet_dir = prepare(args.work)
+    # one cache root for the export (its record of the engines it built) and the runs (their caches)
+    env = {**os.environ, "PNDM_CACHE_DIR": str(args.work / "cache")}
+    engines, unet_dir = prepare(args.work, env)
     nums = [int(n) for n in args.nums.split(",")]
     cmds = commands(engines, unet_dir, args.steps, args.threads)
     skip = set(args.skip.split(","))
-    env = {**os.environ, "PNDM_CACHE_DIR": tempfile.mkdtemp(prefix="pndm-bench-cache-")}
     check = subprocess.run([str(BIN / "pndm-run"), "check", "--engine", str(engines / "unet.bf16.pt2"),
                             "--steps", str(args.steps), "-n", "4", "--no-progress"],
                            capture_output=True, text=True, env=env)
@@ -198,6 +201,7 @@ def main(argv=None) -> int:
     peaks = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
     log(f"matmul peak: bf16 {peaks['bf16']:.0f}, fp32 {peaks['fp32']:.0f} GFLOP/s")
     runs: dict = {}
+    shutil.rmtree(args.work / "cache" / "engines", ignore_errors=True)  # the first runs start cold
     with tempfile.TemporaryDirectory(prefix="pndm-bench-out-") as scratch:
         for r in range(-1, args.rounds):  # round -1: the cold-cache first runs
             for num in nums:
