@@ -2,12 +2,14 @@
 
 1. Load the model (:func:`pndm.models.load`) and check every option before any work.
 2. Collect calibration pairs (x_t, t) and the fp32 model's eps along real solver trajectories.
-3. Export ``unet.onnx`` (fp32) and verify it in ONNX Runtime: relative L2 <= 1e-5 or fail.
+3. Export ``unet.onnx`` (fp32) and verify it with the runtime's engine (ONNX Runtime, loaded through
+   :func:`pndm.runtime.loader.open_engine`): relative L2 <= 1e-5 or fail.
 4. Per ``--precision``: ``unet.fp16.onnx`` (precision policy checked, verified per t range) or
    ``unet.bf16.pt2`` (AOTInductor, verified per t range).
-5. ``unet.plan`` when TensorRT and a CUDA device are present (``--trt auto|on|off``).
-6. ``manifest.json`` (written last), ``calibration.safetensors``, and for exports of random
-   weights ``reference.safetensors`` + ``.json`` (the weights the engines hold, for the checker).
+5. ``unet.<precision>.plan`` when TensorRT and a CUDA device are present (``--trt auto|on|off``).
+6. ``manifest.json`` (written last; :func:`pndm.engine_format.merge` keeps the engines of an earlier
+   export of the same model), ``calibration.safetensors``, and for exports of random weights
+   ``reference.safetensors`` + ``.json`` (the weights the engines hold, for the checker).
 
 Everything is written into a hidden staging folder inside DIR and moved into place at the end;
 on any error the staging folder is removed, so DIR never holds a half-written or unverified
@@ -23,30 +25,32 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 
 from pndm.calibration import CalibrationSet, collect_pairs, save_pairs
-from pndm.errors import PndmError
+from pndm.engine_format import (
+    BatchSpec,
+    EngineEntry,
+    Manifest,
+    ModelInfo,
+    ScheduleSpec,
+    Source,
+    engine_file_name,
+    merge,
+    read_manifest,
+    write_manifest,
+)
+from pndm.errors import EngineError, PndmError
 from pndm.export import tensorrt as trt_build
-from pndm.export.aoti import compile_aoti, load_aoti
+from pndm.export.aoti import compile_aoti
 from pndm.export.batch import DEFAULT_BATCH, BatchRange, parse_batch
-from pndm.export.manifest import new_manifest, write_manifest
 from pndm.export.onnx_export import DEFAULT_OPSET, check_opset, export_onnx, save_onnx
 from pndm.export.precision import PRECISIONS, check_onnx_policy, engine_module
-from pndm.export.verify import (
-    compare,
-    evaluate,
-    format_table,
-    onnxruntime_eps,
-    require_finite,
-    require_fp32_agreement,
-)
+from pndm.export.verify import compare, evaluate, format_table, require_finite, require_fp32_agreement
 from pndm.fileio import sha256_file
 
 TRT_MODES = ("auto", "on", "off")
-ENGINE_FILES = {"fp32": "unet.onnx", "fp16": "unet.fp16.onnx", "bf16": "unet.bf16.pt2", "plan": "unet.plan"}
 CALIBRATION_FILE = "calibration.safetensors"
 REFERENCE_FILE = "reference.safetensors"
 
@@ -72,7 +76,7 @@ class ExportOptions:
 @dataclass
 class ExportResult:
     out: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     files: list[str]
     table: str
     notes: list[str]
@@ -83,27 +87,27 @@ def check_options(options: ExportOptions) -> str | None:
     if options.precision not in PRECISIONS:
         raise PndmError(f"unknown precision {options.precision!r}; choose one of {', '.join(PRECISIONS)}")
     if options.trt not in TRT_MODES:
-        raise PndmError(f"unknown --trt mode {options.trt!r}; choose one of {', '.join(TRT_MODES)}")
+        raise PndmError(f"unknown TensorRT mode trt={options.trt!r}; choose one of {', '.join(TRT_MODES)}")
     check_opset(options.opset)
     check_out_dir(Path(options.out))
     if options.trt == "off":
-        return "--trt off"
+        return "trt=off"
     _, reason = trt_build.import_builder()
     if reason is not None and options.trt == "on":
-        raise PndmError(f"--trt on: cannot build a TensorRT plan: {reason}; use --trt auto or off to skip it")
+        raise PndmError(f"trt=on: cannot build a TensorRT plan: {reason}; use trt=auto or trt=off to skip it")
     return reason
 
 
 def check_out_dir(out: Path) -> None:
     """Refuse an ``--out`` that is a file, or whose nearest existing parent is not a writable folder."""
     if out.exists() and not out.is_dir():
-        raise PndmError(f"--out {out} is a file, not a directory; choose a directory path")
+        raise PndmError(f"output directory {out} is a file, not a directory; choose a directory as out=DIR")
     existing = next(p for p in (out, *out.parents) if p.exists())
     if not existing.is_dir():
         problem = f"{existing} is a file"
-        raise PndmError(f"output directory {out} is not writable ({problem}); choose another --out")
+        raise PndmError(f"output directory {out} is not writable ({problem}); choose another out=DIR")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise PndmError(f"output directory {out} is not writable (permission denied); choose another --out")
+        raise PndmError(f"output directory {out} is not writable (permission denied); choose another out=DIR")
 
 
 def make_staging(out: Path) -> tuple[Path, bool]:
@@ -115,7 +119,8 @@ def make_staging(out: Path) -> tuple[Path, bool]:
         staging = Path(tempfile.mkdtemp(prefix=".pndm-export-", dir=out))
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise PndmError(f"output directory {out} is not writable ({reason}); choose another --out") from None
+        raise PndmError(f"output directory {out} is not writable ({reason}); choose another out=DIR") \
+            from None
     return staging, created
 
 
@@ -135,9 +140,26 @@ class _Stages:
         self.log(f"[{time.perf_counter() - self.start:6.1f}s] {message}")
 
 
-def _verify(eps, pairs: CalibrationSet, T: int, batch: BatchRange) -> dict:
-    candidate = evaluate(eps, pairs.x, pairs.t, batch.max)
-    return compare(candidate, pairs.eps, pairs.t, T)
+def _verify(path: Path, manifest: Manifest, pairs: CalibrationSet) -> dict:
+    """Run the staged engine ``path`` as ``pndm-run`` would (CPU) on the calibration pairs; its errors."""
+    from pndm.runtime.loader import open_engine
+
+    name = path.name
+    with open_engine(path, manifest, "cpu") as engine:
+        candidate = evaluate(engine, pairs.x, pairs.t, manifest.batch.max)
+    stats = compare(candidate, pairs.eps, pairs.t, manifest.schedule.T)
+    if manifest.engines[name].precision == "fp32":
+        require_fp32_agreement(name, stats)
+    require_finite(name, candidate)
+    return stats
+
+
+def previous_manifest(out: Path) -> Manifest | None:
+    """The manifest an earlier export left in ``out`` (None if there is none or it is unreadable)."""
+    try:
+        return read_manifest(out) if (out / "manifest.json").is_file() else None
+    except EngineError:
+        return None
 
 
 def build_engines(model: nn.Module, spec, options: ExportOptions, *,
@@ -151,11 +173,13 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
     out = Path(options.out)
     staging, created = make_staging(out)
     try:
-        files, notes, verification = [], [], {}
+        files, notes = [], []
         image_shape = tuple(spec.image_shape)
-        manifest = new_manifest(architecture=spec.architecture, config=spec.config,
-                                source=spec.manifest_source(), image_shape=image_shape,
-                                schedule=spec.schedule, T=spec.T, batch=options.batch.to_dict())
+        manifest = Manifest.new(
+            model=ModelInfo(architecture=spec.architecture, config=spec.config,
+                            source=Source.from_dict(spec.manifest_source(), "model spec")),
+            image_shape=image_shape, schedule=ScheduleSpec(name=spec.schedule, T=spec.T),
+            batch=BatchSpec(**options.batch.to_dict()))
         model = model.float().eval()
 
         stage(f"collecting calibration pairs ({options.calibration_method}, "
@@ -165,53 +189,48 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
                               count=options.calibration_count, seed=options.seed)
         save_pairs(staging / CALIBRATION_FILE, pairs)
         files.append(CALIBRATION_FILE)
-        manifest["calibration"] = {"file": CALIBRATION_FILE, **pairs.info, "pairs": len(pairs)}
+        manifest.calibration = {"file": CALIBRATION_FILE, **pairs.info, "pairs": len(pairs)}
 
-        stage(f"exporting {ENGINE_FILES['fp32']} (opset {options.opset})")
-        onnx_files = {"fp32": ENGINE_FILES["fp32"]}
-        if options.precision == "fp16":
-            onnx_files["fp16"] = ENGINE_FILES["fp16"]
-        for precision, name in onnx_files.items():
-            if precision != "fp32":
-                stage(f"exporting {name} (mixed precision)")
+        onnx_precisions = ["fp32"] + (["fp16"] if options.precision == "fp16" else [])
+        for precision in onnx_precisions:
+            name = engine_file_name("onnx", precision)
+            what = f"opset {options.opset}" if precision == "fp32" else "mixed precision"
+            stage(f"exporting {name} ({what})")
             started = time.perf_counter()
             graph = export_onnx(engine_module(model, precision), image_shape, options.batch, options.opset)
-            entry = {"kind": "onnx", "precision": precision, "opset": options.opset}
+            extra = {"opset": options.opset}
             if precision == "fp16":
-                entry["op_input_dtypes"] = check_onnx_policy(graph)
+                extra["op_input_dtypes"] = check_onnx_policy(graph)
             save_onnx(graph, staging / name)
-            entry["build_seconds"] = round(time.perf_counter() - started, 1)
+            extra["build_seconds"] = round(time.perf_counter() - started, 1)
+            manifest.engines[name] = EngineEntry("onnx", precision, sha256_file(staging / name), extra=extra)
             stage(f"verifying {name} in ONNX Runtime on {len(pairs)} calibration pairs")
-            verification[name] = _verify(onnxruntime_eps(staging / name), pairs, spec.T, options.batch)
-            if precision == "fp32":
-                require_fp32_agreement(name, verification[name])
-            require_finite(name, verification[name])
-            manifest["engines"][name] = {**entry, "sha256": sha256_file(staging / name)}
+            manifest.verification[name] = _verify(staging / name, manifest, pairs)
             files.append(name)
 
         if options.precision == "bf16":
-            name = ENGINE_FILES["bf16"]
+            name = engine_file_name("aoti", "bf16")
             stage(f"compiling {name} with AOTInductor (about a minute for a CIFAR-10 UNet)")
             started = time.perf_counter()
             compile_aoti(model, image_shape, options.batch, staging / name)
             seconds = round(time.perf_counter() - started, 1)
+            manifest.engines[name] = EngineEntry("aoti", "bf16", sha256_file(staging / name), device="cpu",
+                                                 extra={"build_seconds": seconds})
             stage(f"verifying {name} on {len(pairs)} calibration pairs")
-            verification[name] = _verify(load_aoti(staging / name), pairs, spec.T, options.batch)
-            require_finite(name, verification[name])
-            manifest["engines"][name] = {"kind": "aoti", "precision": "bf16", "device": "cpu",
-                                         "build_seconds": seconds, "sha256": sha256_file(staging / name)}
+            manifest.verification[name] = _verify(staging / name, manifest, pairs)
             files.append(name)
 
         if trt_skip is None:
-            name = ENGINE_FILES["plan"]
             caps = trt_build.detect_capabilities(trt_build.import_builder()[0])
             plan = trt_build.plan_build(caps, precision="fp16" if options.precision == "fp16" else "fp32",
                                         batch=options.batch, image_shape=image_shape, lean=options.lean,
                                         optimization_level=options.trt_optimization_level)
+            name = engine_file_name("tensorrt", plan.precision)
             stage(f"building {name} with TensorRT {caps.version} from {plan.onnx_file}")
-            entry = trt_build.build_plan(plan, staging, staging / name, options.timing_cache, log=stage)
-            manifest["engines"][name] = {**entry, "sha256": sha256_file(staging / name)}
-            manifest["versions"]["tensorrt"] = entry["tensorrt"]
+            entry = dict(trt_build.build_plan(plan, staging, staging / name, options.timing_cache, log=stage))
+            manifest.engines[name] = EngineEntry(entry.pop("kind"), entry.pop("precision"),
+                                                 sha256_file(staging / name), extra=entry)
+            manifest.versions["tensorrt"] = entry["tensorrt"]
             files.append(name)
         else:
             notes.append(f"TensorRT plan skipped: {trt_skip}")
@@ -221,10 +240,14 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
             save_checkpoint(staging / REFERENCE_FILE, model.state_dict(),
                             {"architecture": spec.architecture, "model": spec.config,
                              "diffusion": {"schedule": spec.schedule, "T": spec.T}})
-            manifest["reference"] = REFERENCE_FILE
+            manifest.reference = REFERENCE_FILE
+            # Random weights are identified by the reference file they were saved to (for merge()).
+            manifest.model.source.sha256 = sha256_file(staging / REFERENCE_FILE)
             files += [REFERENCE_FILE, Path(REFERENCE_FILE).with_suffix(".json").name]
 
-        manifest["verification"] = verification
+        manifest, dropped = merge(previous_manifest(out), manifest, out)
+        for name in dropped:
+            notes.append(f"{name}: dropped from the manifest (its file is gone or belongs to another model)")
         write_manifest(staging, manifest)
         files.append("manifest.json")
         publish(staging, out, files)
@@ -234,5 +257,5 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
             out.rmdir()
         raise
     shutil.rmtree(staging, ignore_errors=True)
-    table = format_table(verification)
+    table = format_table({n: manifest.verification[n] for n in files if n in manifest.verification})
     return ExportResult(out=out, manifest=manifest, files=files, table=table, notes=notes)

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from pndm.errors import PndmError
 from pndm.models.ddpm_unet import GroupNorm32, Upsample
 
 
@@ -45,7 +46,7 @@ class IDDPMUNetConfig:
 
     def __post_init__(self):
         if self.dims != 2:
-            raise ValueError(f"only 2-D images are supported (dims={self.dims})")
+            raise PndmError(f"only 2-D images are supported (config dims={self.dims}); set dims to 2")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -116,7 +117,9 @@ class AttentionBlock(nn.Module):
     def __init__(self, channels: int, num_heads: int):
         super().__init__()
         if channels % num_heads:
-            raise ValueError(f"{channels} channels do not split into {num_heads} attention heads")
+            raise PndmError(
+                f"{channels} channels do not split into {num_heads} attention heads: change num_heads"
+            )
         self.num_heads = num_heads
         self.norm = iddpm_norm(channels)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)

@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from pndm.errors import EngineError, PndmError
 from pndm.images import to_uint8
+from pndm.metrics import eps_errors, has_nonfinite, image_agreement
 from pndm.runtime.engines.base import Engine
-from pndm.runtime.metrics import eps_errors, has_nonfinite, image_agreement
 from pndm.runtime.sampling import nfe_of, sample_seeds
 from pndm.runtime.seeds import batches, image_noise
 
@@ -238,7 +238,7 @@ def check_engine(
             f"the reference ({reference.image_shape}, {reference.schedule_name} T={reference.T}) is not the "
             "same "
             f"model as the candidate ({candidate.image_shape}, {candidate.schedule_name} T={candidate.T}): "
-            "give the matching --reference"
+            "give the matching reference="
         )
     precision = candidate.precision
     if precision not in THRESHOLDS:

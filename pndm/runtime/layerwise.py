@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from pndm.errors import EngineError
+from pndm.metrics import eps_errors
 from pndm.runtime.engines.base import Engine
-from pndm.runtime.metrics import eps_errors
 
 
 def _run_all_tensors(path: Path, feed: dict) -> tuple[dict, list[str]]:
@@ -80,9 +80,9 @@ def fp32_onnx_for(candidate: Engine, reference: str | None) -> Path:
     """The fp32 ONNX to compare against: ``--reference`` if it is one, else ``unet.onnx`` of the manifest."""
     if reference and Path(reference).suffix == ".onnx":
         return Path(reference)
-    manifest = candidate.manifest or {}
-    for name, entry in manifest.get("engines", {}).items():
-        if entry.get("kind") == "onnx" and entry.get("precision") == "fp32":
+    engines = candidate.manifest.engines if candidate.manifest else {}
+    for name, entry in engines.items():
+        if entry.kind == "onnx" and entry.precision == "fp32":
             return Path(candidate.path).parent / name
     raise EngineError("--layerwise needs an fp32 ONNX to compare with: pass --reference unet.onnx")
 

@@ -8,35 +8,32 @@ precision it computes in inside, the engine returns float32 eps.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from pndm.errors import EngineError
-from pndm.runtime.engines.base import Engine, EngineInfo
+from pndm.runtime.engines.base import Engine
 
 
 class AotiEngine(Engine):
     backend = "aoti"
 
-    def __init__(self, info: EngineInfo, device: torch.device):
-        from pndm.export.manifest import engine_entry
+    def _open(self) -> None:
         from pndm.fileio import sha256_file
         from pndm.runtime.engine_cache import aoti_runner
 
-        super().__init__(info, device)
-        listed = engine_entry(info.manifest, Path(info.path)).get("sha256") if info.manifest else None
-        sha256 = listed or sha256_file(info.path)
         try:
-            self.runner = aoti_runner(info.path, sha256, self.device)
+            self.runner = aoti_runner(self.path, self.info.sha256 or sha256_file(self.path), self.device)
         except Exception as e:  # zip, shared-object and metadata errors all mean the same to a user
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise EngineError(
-                f"cannot load the AOTInductor package {info.path} ({first[:200]}): it is corrupt, truncated "
+                f"cannot load the AOTInductor package {self.path} ({first[:200]}): it is corrupt, truncated "
                 "or was built for another device/torch version; re-export it with pndm-export"
             ) from e
 
-    def run(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _close(self) -> None:
+        del self.runner
+
+    def run(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.inference_mode():
-            (out,) = self.runner.run([x, t])
+            (out,) = self.runner.run(list(inputs.values()))
         return out.float()
