@@ -6,6 +6,7 @@ import pytest
 import torch
 from runtime_fixtures import TINY, one_torch_thread, tiny_model  # noqa: F401
 
+from pndm.engine_format import IOSpec
 from pndm.errors import PndmError
 from pndm.runtime.engines.base import EngineInfo
 from pndm.runtime.engines.torch_engine import TorchEngine
@@ -63,9 +64,9 @@ def test_non_linear_runs_are_refused(method, options):
 def _tiny_engine(device="cpu"):
     info = EngineInfo(
         path="tiny", image_shape=(3, 16, 16), schedule_name="linear", T=1000, batch_range=(1, 8),
-        precision="fp32",
+        precision="fp32", io=IOSpec.for_image((3, 16, 16)),
     )
-    return TorchEngine(info, torch.device(device), tiny_model())
+    return TorchEngine(info, torch.device(device), tiny_model()).open()
 
 
 def test_sample_seeds_graph_loop_on_cpu_matches_the_normal_loop():
