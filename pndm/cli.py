@@ -135,7 +135,10 @@ def export_cli():
 
 @click.group(
     cls=LazyGroup,
-    lazy_commands={"sample": "pndm.runtime.cli:sample", "check": "pndm.runtime.cli:check"},
+    lazy_commands={"sample": "pndm.runtime.cli:sample", "check": "pndm.runtime.cli:check",
+                   "tune": "pndm.runtime.tune:tune",
+                   "score": "pndm.scoring.cli:score", "sweep": "pndm.scoring.cli:sweep",
+                   "interpolate": "pndm.runtime.interpolate:interpolate"},
 )
 @click.version_option(package_name="pndm")
 def run_cli():

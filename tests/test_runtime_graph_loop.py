@@ -43,6 +43,17 @@ def test_recorded_loop_matches_the_solver(method):
     torch.testing.assert_close(got, expected, rtol=2e-6, atol=2e-5)
 
 
+@pytest.mark.parametrize(
+    "method, grid", [("ipndm", "quad"), ("dpm-solver++2m", "karras"), ("unipc", "logsnr")]
+)
+def test_recorded_loop_on_other_time_grids(method, grid):
+    schedule = make_schedule("linear", 1000)
+    x_T = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(2))
+    expected = sample(ToyEngine(), x_T, method, 7, schedule, grid=grid)
+    got = GraphLoop(ToyEngine(), trace_linear(method, 7, schedule, grid=grid), batch=3, capture=False)(x_T)
+    torch.testing.assert_close(got, expected, rtol=2e-6, atol=2e-5)
+
+
 def test_a_wrong_program_gives_a_different_answer():
     """The comparison above can fail: the program of another method does not match."""
     schedule = make_schedule("linear", 1000)

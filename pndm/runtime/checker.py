@@ -146,6 +146,7 @@ def lockstep(
     steps: int,
     clip_x0: bool = False,
     on_call: Callable[[], None] | None = None,
+    grid=None,
 ) -> tuple[torch.Tensor, list[dict], NonFinite | None, tuple[torch.Tensor, torch.Tensor]]:
     """Solve with the reference; at each NFE feed the same (x_t, t) to the candidate and compare eps.
 
@@ -174,7 +175,7 @@ def lockstep(
         if on_call is not None:
             on_call()
 
-    x_0 = sample(reference, x_T, method, steps, schedule, callback=compare, clip_x0=clip_x0)
+    x_0 = sample(reference, x_T, method, steps, schedule, callback=compare, clip_x0=clip_x0, grid=grid)
     return x_0.float().cpu(), rows, (nonfinite[0] if nonfinite else None), probe[0]
 
 
@@ -227,8 +228,9 @@ def check_engine(
     batch: int = 4,
     clip_x0: bool = False,
     progress: bool = True,
+    grid=None,
 ) -> CheckReport:
-    """Run both measurements of the module docstring and decide pass/fail."""
+    """Run both measurements of the module docstring and decide pass/fail (``grid``: None = the method's)."""
     if (candidate.image_shape, candidate.schedule_name, candidate.T) != (
         reference.image_shape,
         reference.schedule_name,
@@ -272,7 +274,7 @@ def check_engine(
         for chunk in chunks:
             x_0, rows, nonfinite, probe = lockstep(
                 reference, candidate, chunk, method=method, steps=steps, clip_x0=clip_x0,
-                on_call=lambda: bar.update(1),
+                on_call=lambda: bar.update(1), grid=grid,
             )
             reference_images.append(x_0)
             per_batch.append(rows)
@@ -291,6 +293,7 @@ def check_engine(
             steps=steps,
             batch=batch,
             clip_x0=clip_x0,
+            grid=grid,
             eps=watch,
             progress=progress,
             desc="free-running",

@@ -13,6 +13,7 @@ import torch
 
 from pndm.cli import debug_option
 from pndm.errors import PndmError
+from pndm.runtime.tune import grid_options, resolve_grid
 
 ENGINE_HELP = (
     "Engine to run: an .onnx / .plan / .pt2 file with manifest.json beside it, an engine folder "
@@ -182,6 +183,7 @@ clip_x0_option = click.option(
     help="DDIM stochasticity (0 = deterministic).",
 )
 @clip_x0_option
+@grid_options
 @click.option("--out", default="samples", show_default=True, help="Output folder.")
 @click.option(
     "--format",
@@ -202,10 +204,13 @@ clip_x0_option = click.option(
     "per batch size, for deterministic fixed-step methods; otherwise TensorRT captures each call.",
 )
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+@click.option("--save-trajectory", is_flag=True,
+              help="Also write trajectory.png: x_t and the denoised estimate at every model evaluation "
+                   "for the first 8 images.")
 @debug_option
 def sample(
-    engine_path, method, steps, num, batch, seed, eta, clip_x0, out, fmt, device, threads, cuda_graph,
-    progress,
+    engine_path, method, steps, num, batch, seed, eta, clip_x0, grid, recipe_path, out, fmt, device, threads,
+    cuda_graph, progress, save_trajectory,
 ):
     """Sample images from an engine with a PNDM-family solver.
 
@@ -237,10 +242,17 @@ def sample(
 
             batch = default_batch(max(len(my_seeds), 1), engine.batch_range, engine.device.type)
         engine.check_batch(min(batch, num))
+        method, steps, grid, grid_name = resolve_grid(engine, engine_path, method, steps, grid, recipe_path)
+        recorder = None
+        if save_trajectory and env.is_main:
+            from pndm.runtime.latents import TrajectoryRecorder
+
+            recorder = TrajectoryRecorder(engine)
         from pndm.runtime.graph_loop import capturable
 
-        graph_loop = cuda_graph and engine.device.type == "cuda" and not capturable(
-            method, eta=eta, clip_x0=clip_x0
+        graph_loop = (
+            cuda_graph and engine.device.type == "cuda" and recorder is None
+            and not capturable(method, eta=eta, clip_x0=clip_x0)
         )
         run = (
             sample_seeds(
@@ -251,6 +263,8 @@ def sample(
                 batch=batch,
                 eta=eta,
                 clip_x0=clip_x0,
+                grid=grid,
+                eps=recorder,
                 progress=progress and env.is_main,
                 graph_loop=graph_loop,
             )
@@ -260,10 +274,13 @@ def sample(
         if run:
             phases.add("warm_up", run.first_call_seconds)
             phases.add("sampling", run.wall_seconds - run.first_call_seconds)
-        summary = _write_outputs(
-            env, folder, fmt, engine, my_seeds, run,
-            {"eta": eta, "clip_x0": clip_x0, "graph_loop": graph_loop, "threads": threads}, phases,
-        )
+        if recorder is not None:
+            with phases.phase("writing"):
+                recorder.save_strip(folder / "trajectory.png", run.images)
+        options = {
+            "eta": eta, "clip_x0": clip_x0, "grid": grid_name, "graph_loop": graph_loop, "threads": threads,
+        }
+        summary = _write_outputs(env, folder, fmt, engine, my_seeds, run, options, phases)
     if summary is None:
         return
     seeds = summary["seeds"]
@@ -294,6 +311,7 @@ def sample(
     "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Image i uses seed SEED+i."
 )
 @clip_x0_option
+@grid_options
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
 @click.option(
@@ -324,6 +342,8 @@ def check(
     batch,
     seed,
     clip_x0,
+    grid,
+    recipe_path,
     device,
     threads,
     layerwise,
@@ -346,9 +366,11 @@ def check(
     threads = _set_threads(threads)
     candidate = load_engine(engine_path, device, threads=threads)
     candidate.check_batch(min(batch, num))
+    method, steps, grid, _ = resolve_grid(candidate, engine_path, method, steps, grid, recipe_path)
     ref = find_reference(candidate, reference, candidate.device, threads=threads)
     report = check_engine(
-        candidate, ref, seeds, method=method, steps=steps, batch=batch, clip_x0=clip_x0, progress=progress
+        candidate, ref, seeds, method=method, steps=steps, batch=batch, clip_x0=clip_x0, progress=progress,
+        grid=grid,
     )
     if layerwise:
         from pndm.runtime.layerwise import layerwise_for_check

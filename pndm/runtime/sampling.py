@@ -121,12 +121,13 @@ def sample_seeds(
     batch: int,
     eta: float = 0.0,
     clip_x0: bool = False,
+    grid=None,
     eps: Callable | None = None,
     progress: bool = True,
     desc: str = "sampling",
     graph_loop: bool = False,
 ) -> SampleRun:
-    """Sample one image per seed with ``method``/``steps`` through ``engine``.
+    """Sample one image per seed with ``method``/``steps``/``grid`` (None: the method's) through ``engine``.
 
     ``eps`` replaces the engine as the model the solver calls (a wrapper of it, e.g. the checker's
     NaN watch); the engine still supplies the image shape, schedule, device and batch profile.
@@ -157,7 +158,7 @@ def sample_seeds(
 
         if eps is not None:
             raise PndmError("graph_loop runs the engine itself: it cannot take a replacement eps")
-        program = trace_linear(method, steps, schedule, eta=eta, clip_x0=clip_x0)
+        program = trace_linear(method, steps, schedule, eta=eta, clip_x0=clip_x0, grid=grid)
         loops: dict[int, GraphLoop] = {}
     outputs = []
     start = time.perf_counter()
@@ -177,6 +178,7 @@ def sample_seeds(
                 eta=eta,
                 generator=generators if eta > 0 else None,
                 clip_x0=clip_x0,
+                grid=grid,
             )
             outputs.append(x_0.float().cpu())
     finally:

@@ -35,6 +35,12 @@ from pndm.train.presets import TRAIN_PRESETS
 @click.option("--bf16", is_flag=True,
               help="bf16 autocast for the forward pass (fast on CPUs with AVX-512 BF16).")
 @click.option("--resize", is_flag=True, help="Resize images to the model's resolution instead of padding.")
+@click.option("--init-from", default=None,
+              help="Start from the weights of this pndm checkpoint ('default': the shipped model); "
+                   "the optimizer starts fresh.")
+@click.option("--t-focus", default=None,
+              help="START:SHARE: draw t for SHARE of each batch from [START, T-1] instead of [0, T-1] "
+                   "(more training where deterministic samplers amplify eps errors).")
 @click.option("--device", default="cpu", help="Torch device (cpu, cuda, cuda:1...).")
 @debug_option
 def train(device, resume, **options):

@@ -50,6 +50,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     bf16: bool = False
     resize: bool = False
+    init_from: str | None = None
+    t_focus: str | None = None
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -76,6 +78,9 @@ class Trainer:
 
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.model = build_model("ddpm", self.model_config).to(self.device)
+        if config.init_from:
+            self._load_initial_weights(config.init_from)
+        self.t_focus = _parse_t_focus(config.t_focus, config.T)
         self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.ddp = (
@@ -85,12 +90,31 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(config.seed * 1000 + self.rank)
         self.step = 0
 
+    def _load_initial_weights(self, source: str) -> None:
+        """Start from the weights of a pndm checkpoint (``--init-from``); ``default`` = the shipped model."""
+        from pndm.models.registry import DEFAULT_WEIGHTS
+
+        state, config = load_checkpoint(DEFAULT_WEIGHTS if source == "default" else source)
+        mine = {k: list(v) if isinstance(v, tuple) else v for k, v in self.model_config.items()}
+        if config.get("model") != mine:
+            raise PndmError(f"--init-from {source}: its model config differs from --arch {self.config.arch}")
+        self.model.load_state_dict(state)
+
     # ---- one step -------------------------------------------------------------------------
+    def _timesteps(self, g: torch.Generator) -> torch.Tensor:
+        """t ~ U{0..T-1}; with ``--t-focus START:SHARE`` the first SHARE of the batch ~ U{START..T-1}."""
+        t = torch.randint(self.config.T, (self.config.batch,), generator=g)
+        if self.t_focus:
+            start, share = self.t_focus
+            k = round(share * self.config.batch)
+            t[:k] = torch.randint(start, self.config.T, (k,), generator=g)
+        return t
+
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         g = self.generator
         index = torch.randint(len(self.images), (self.config.batch,), generator=g)
         x0 = to_model_range(self.images[index])
-        t = torch.randint(self.config.T, (self.config.batch,), generator=g)
+        t = self._timesteps(g)
         noise = torch.randn(x0.shape, generator=g)
         return x0.to(self.device), t.to(self.device), noise.to(self.device)
 
@@ -199,6 +223,20 @@ class Trainer:
             if on_sample and cfg.sample_every and self.step % cfg.sample_every == 0 and self.rank == 0:
                 on_sample(self)
         bar.close()
+
+
+def _parse_t_focus(value: str | None, T: int) -> tuple[int, float] | None:
+    """``START:SHARE`` -> (START, SHARE), checked against T."""
+    if not value:
+        return None
+    try:
+        start, share = value.split(":")
+        start, share = int(start), float(share)
+    except ValueError:
+        raise PndmError(f"--t-focus {value}: expected START:SHARE, e.g. 700:0.5") from None
+    if not (0 <= start < T and 0.0 <= share <= 1.0):
+        raise PndmError(f"--t-focus {value}: START must be in [0, {T - 1}] and SHARE in [0, 1]")
+    return start, share
 
 
 def init_distributed() -> None:
