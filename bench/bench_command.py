@@ -221,6 +221,10 @@ def main(argv=None) -> int:
                     else:
                         slot["warm"].append(record)
                     log(f"round {r + 1}: {name}, {num} images: {record['wall']:.2f} s")
+                    if args.json:  # raw records so far, in case the run has to be cut short
+                        partial = [{"runner": k[0], "images": k[1], **v} for k, v in runs.items()]
+                        args.json.parent.mkdir(parents=True, exist_ok=True)
+                        args.json.with_suffix(".partial.json").write_text(json.dumps(partial, indent=1))
     peaks_end = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
     peaks = {k: max(peaks[k], peaks_end[k]) for k in peaks}
     with open("/proc/loadavg") as f:
