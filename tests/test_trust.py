@@ -49,15 +49,25 @@ def engine_folder(folder, name: str, kind: str, precision: str, device: str | No
 
 
 @pytest.fixture
-def aoti_loads(monkeypatch):
-    """Replace AOTInductor's loader by a recorder: every call would have run the package's code."""
+def aoti_loads(monkeypatch, tmp_path):
+    """Replace the AOTInductor runner by a recorder: every call would have run the package's code.
+
+    It records the bytes it was given and, like the package loader, hands back a private folder."""
+    from pndm.runtime import engine_cache
+
     calls = []
 
-    def fake_load(path, device_index=-1):
-        calls.append(open(path, "rb").read())
-        return lambda x, t: torch.zeros_like(x)
+    class Runner:
+        def run(self, inputs):
+            return [torch.zeros_like(inputs[0])]
 
-    monkeypatch.setattr(torch._inductor, "aoti_load_package", fake_load)
+    def fake_runner(package, source_sha256, device):
+        calls.append(package)
+        private = tmp_path / f"private-{len(calls)}"
+        private.mkdir()
+        return Runner(), private
+
+    monkeypatch.setattr(engine_cache, "aoti_runner", fake_runner)
     return calls
 
 
