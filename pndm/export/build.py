@@ -32,15 +32,15 @@ from pndm.errors import PndmError
 from pndm.export import tensorrt as trt_build
 from pndm.export.aoti import compile_aoti, load_aoti
 from pndm.export.batch import DEFAULT_BATCH, BatchRange, parse_batch
+from pndm.export.fp16_graph import convert_to_fp16
 from pndm.export.manifest import new_manifest, write_manifest
 from pndm.export.onnx_export import DEFAULT_OPSET, check_opset, export_onnx, save_onnx
-from pndm.export.precision import PRECISIONS, check_onnx_policy, engine_module
+from pndm.export.precision import PRECISIONS, check_onnx_policy, require_export_accuracy
 from pndm.export.verify import (
     compare,
     evaluate,
     format_table,
     onnxruntime_eps,
-    require_finite,
     require_fp32_agreement,
 )
 from pndm.fileio import sha256_file
@@ -167,25 +167,31 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
         files.append(CALIBRATION_FILE)
         manifest["calibration"] = {"file": CALIBRATION_FILE, **pairs.info, "pairs": len(pairs)}
 
-        stage(f"exporting {ENGINE_FILES['fp32']} (opset {options.opset})")
-        onnx_files = {"fp32": ENGINE_FILES["fp32"]}
+        name = ENGINE_FILES["fp32"]
+        stage(f"exporting {name} (opset {options.opset})")
+        started = time.perf_counter()
+        graph = export_onnx(model, image_shape, options.batch, options.opset)
+        save_onnx(graph, staging / name)
+        entry = {"kind": "onnx", "precision": "fp32", "opset": options.opset,
+                 "build_seconds": round(time.perf_counter() - started, 1)}
+        stage(f"verifying {name} in ONNX Runtime on {len(pairs)} calibration pairs")
+        verification[name] = _verify(onnxruntime_eps(staging / name), pairs, spec.T, options.batch)
+        require_fp32_agreement(name, verification[name])
+        manifest["engines"][name] = {**entry, "sha256": sha256_file(staging / name)}
+        files.append(name)
+
         if options.precision == "fp16":
-            onnx_files["fp16"] = ENGINE_FILES["fp16"]
-        for precision, name in onnx_files.items():
-            if precision != "fp32":
-                stage(f"exporting {name} (mixed precision)")
+            name = ENGINE_FILES["fp16"]
+            stage(f"writing {name} (fp16 graph rewrite, fp32 islands)")
             started = time.perf_counter()
-            graph = export_onnx(engine_module(model, precision), image_shape, options.batch, options.opset)
-            entry = {"kind": "onnx", "precision": precision, "opset": options.opset}
-            if precision == "fp16":
-                entry["op_input_dtypes"] = check_onnx_policy(graph)
-            save_onnx(graph, staging / name)
+            graph16, islands = convert_to_fp16(graph)
+            entry = {"kind": "onnx", "precision": "fp16", "opset": options.opset,
+                     "op_input_dtypes": check_onnx_policy(graph16), "fp32_islands": islands.summary()}
+            save_onnx(graph16, staging / name)
             entry["build_seconds"] = round(time.perf_counter() - started, 1)
             stage(f"verifying {name} in ONNX Runtime on {len(pairs)} calibration pairs")
             verification[name] = _verify(onnxruntime_eps(staging / name), pairs, spec.T, options.batch)
-            if precision == "fp32":
-                require_fp32_agreement(name, verification[name])
-            require_finite(name, verification[name])
+            require_export_accuracy(name, "fp16", verification[name])
             manifest["engines"][name] = {**entry, "sha256": sha256_file(staging / name)}
             files.append(name)
 
@@ -197,7 +203,7 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
             seconds = round(time.perf_counter() - started, 1)
             stage(f"verifying {name} on {len(pairs)} calibration pairs")
             verification[name] = _verify(load_aoti(staging / name), pairs, spec.T, options.batch)
-            require_finite(name, verification[name])
+            require_export_accuracy(name, "bf16", verification[name])
             manifest["engines"][name] = {"kind": "aoti", "precision": "bf16", "device": "cpu",
                                          "build_seconds": seconds, "sha256": sha256_file(staging / name)}
             files.append(name)
