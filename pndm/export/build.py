@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from pndm.calibration import CalibrationSet, collect_pairs, save_pairs
+from pndm.calibration import CalibrationSet, collect_pairs, forward_process_pairs, save_pairs
 from pndm.errors import PndmError
 from pndm.export import tensorrt as trt_build
 from pndm.export.aoti import compile_aoti, load_aoti
@@ -35,7 +36,9 @@ from pndm.export.batch import DEFAULT_BATCH, BatchRange, parse_batch
 from pndm.export.fp16_graph import convert_to_fp16
 from pndm.export.manifest import new_manifest, write_manifest
 from pndm.export.onnx_export import DEFAULT_OPSET, check_opset, export_onnx, save_onnx
-from pndm.export.precision import PRECISIONS, check_onnx_policy, require_export_accuracy
+from pndm.export.precision import EXPORT_REL_L2_LIMITS, PRECISIONS, check_onnx_policy, require_export_accuracy
+from pndm.export.quantize import CALIBRATORS, DEFAULT_CALIBRATOR, QUANT_PRECISIONS, quantize_engines
+from pndm.export.quantize import ENGINE_FILES as QUANT_ENGINE_FILES
 from pndm.export.verify import (
     compare,
     evaluate,
@@ -67,6 +70,8 @@ class ExportOptions:
     calibration_steps: int = 10
     calibration_count: int = 2
     seed: int = 0
+    calibrator: str = DEFAULT_CALIBRATOR
+    keep_float: tuple[str, ...] = ()
 
 
 @dataclass
@@ -82,6 +87,10 @@ def check_options(options: ExportOptions) -> str | None:
     """Fail fast on bad options; return why a TensorRT plan will be skipped (None if it will be built)."""
     if options.precision not in PRECISIONS:
         raise PndmError(f"unknown precision {options.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if options.calibrator not in CALIBRATORS:
+        raise PndmError(f"unknown calibrator {options.calibrator!r}; choose one of {', '.join(CALIBRATORS)}")
+    if options.keep_float and options.precision not in QUANT_PRECISIONS:
+        raise PndmError(f"--keep-float applies to --precision int8 or fp8, not {options.precision}")
     if options.trt not in TRT_MODES:
         raise PndmError(f"unknown --trt mode {options.trt!r}; choose one of {', '.join(TRT_MODES)}")
     check_opset(options.opset)
@@ -140,6 +149,14 @@ def _verify(eps, pairs: CalibrationSet, T: int, batch: BatchRange) -> dict:
     return compare(candidate, pairs.eps, pairs.t, T)
 
 
+def _verify_graph(graph, pairs: CalibrationSet, subset, T: int, batch: BatchRange) -> dict:
+    """Errors of an in-memory ONNX graph on the calibration pairs (``subset``: indices, None for all)."""
+    if subset is not None:
+        index = torch.as_tensor(subset)
+        pairs = CalibrationSet(pairs.x[index], pairs.t[index], pairs.eps[index])
+    return _verify(onnxruntime_eps(graph.SerializeToString()), pairs, T, batch)
+
+
 def build_engines(model: nn.Module, spec, options: ExportOptions, *,
                   log: Callable[[str], None] = print) -> ExportResult:
     """Run the pipeline (module docstring) for ``model`` described by ``spec`` (a ModelSpec)."""
@@ -160,9 +177,16 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
 
         stage(f"collecting calibration pairs ({options.calibration_method}, "
               f"{options.calibration_steps} steps, {options.calibration_count} trajectories)")
-        pairs = collect_pairs(lambda x, t: model(x, t), image_shape, make_schedule(spec.schedule, spec.T),
-                              method=options.calibration_method, steps=options.calibration_steps,
-                              count=options.calibration_count, seed=options.seed)
+        schedule = make_schedule(spec.schedule, spec.T)
+        if spec.source_kind == "random" and options.precision in QUANT_PRECISIONS:
+            stage("random weights: calibrating on forward-process pairs (their own trajectories blow up)")
+            pairs = forward_process_pairs(lambda x, t: model(x, t), image_shape, schedule,
+                                          steps=options.calibration_steps, count=options.calibration_count,
+                                          seed=options.seed)
+        else:
+            pairs = collect_pairs(lambda x, t: model(x, t), image_shape, schedule,
+                                  method=options.calibration_method, steps=options.calibration_steps,
+                                  count=options.calibration_count, seed=options.seed)
         save_pairs(staging / CALIBRATION_FILE, pairs)
         files.append(CALIBRATION_FILE)
         manifest["calibration"] = {"file": CALIBRATION_FILE, **pairs.info, "pairs": len(pairs)}
@@ -195,6 +219,27 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
             manifest["engines"][name] = {**entry, "sha256": sha256_file(staging / name)}
             files.append(name)
 
+        if options.precision in QUANT_PRECISIONS:
+            stage(f"quantizing to {options.precision} ({options.calibrator} calibration, {len(pairs)} pairs)")
+            started = time.perf_counter()
+            engines = quantize_engines(
+                graph, pairs.x.numpy(), pairs.t.numpy(), pairs.eps.numpy(), precision=options.precision,
+                calibrator=options.calibrator, keep_float=options.keep_float,
+                limit=EXPORT_REL_L2_LIMITS[options.precision], batch=options.batch.max,
+                error_of=lambda g, subset: _verify_graph(g, pairs, subset, spec.T, options.batch), log=stage)
+            seconds = round(time.perf_counter() - started, 1)
+            for engine in engines:
+                name = QUANT_ENGINE_FILES[(engine.precision, engine.placement)]
+                save_onnx(engine.model, staging / name)
+                stage(f"verifying {name} in ONNX Runtime on {len(pairs)} calibration pairs")
+                verification[name] = _verify(onnxruntime_eps(staging / name), pairs, spec.T, options.batch)
+                require_export_accuracy(name, options.precision, verification[name])
+                manifest["engines"][name] = {
+                    "kind": "onnx", "precision": engine.precision, "opset": options.opset,
+                    "quantization": engine.manifest_entry(), "build_seconds": seconds,
+                    "sha256": sha256_file(staging / name)}
+                files.append(name)
+
         if options.precision == "bf16":
             name = ENGINE_FILES["bf16"]
             stage(f"compiling {name} with AOTInductor (about a minute for a CIFAR-10 UNet)")
@@ -211,7 +256,8 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
         if trt_skip is None:
             name = ENGINE_FILES["plan"]
             caps = trt_build.detect_capabilities(trt_build.import_builder()[0])
-            plan = trt_build.plan_build(caps, precision="fp16" if options.precision == "fp16" else "fp32",
+            plan_precision = options.precision if options.precision in ("fp16", *QUANT_PRECISIONS) else "fp32"
+            plan = trt_build.plan_build(caps, precision=plan_precision,
                                         batch=options.batch, image_shape=image_shape, lean=options.lean,
                                         optimization_level=options.trt_optimization_level)
             stage(f"building {name} with TensorRT {caps.version} from {plan.onnx_file}")

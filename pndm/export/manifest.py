@@ -18,7 +18,7 @@ from pndm.fileio import atomic_write_text
 FORMAT = "pndm-engine/1"
 MANIFEST_NAME = "manifest.json"
 ENGINE_KINDS = ("onnx", "aoti", "tensorrt")
-ENGINE_PRECISIONS = ("fp32", "fp16", "bf16")
+ENGINE_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 SOURCE_KINDS = ("default", "named", "checkpoint", "random")
 VERSIONED_PACKAGES = ("torch", "onnx", "onnxruntime", "tensorrt")
 

@@ -49,11 +49,14 @@ def evaluate(eps: EpsFn, x: torch.Tensor, t: torch.Tensor, batch: int) -> torch.
     return torch.cat([eps(x[i:i + batch], t[i:i + batch]).float().clone() for i in range(0, len(x), batch)])
 
 
-def onnxruntime_eps(path: Path) -> EpsFn:
-    """An eps callable running an ONNX file on ONNX Runtime's CPU provider."""
+def onnxruntime_eps(path: Path | bytes) -> EpsFn:
+    """An eps callable running an ONNX file (or serialized graph) on ONNX Runtime's CPU provider."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(path if isinstance(path, bytes) else str(path), options,
+                                   providers=["CPUExecutionProvider"])
 
     def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         (out,) = session.run(["eps"], {"x": x.float().numpy(), "t": t.float().numpy()})
