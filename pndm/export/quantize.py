@@ -302,7 +302,8 @@ def check_qdq_structure(model: onnx.ModelProto, precision: str) -> dict[str, int
         weight = initializers[node.input[0]]
         counts["weights"] += 1
         if weight.data_type != QUANT_DTYPES[precision]:
-            found, wanted_type = (TensorProto.DataType.Name(d) for d in (weight.data_type, QUANT_DTYPES[precision]))
+            found, wanted_type = (TensorProto.DataType.Name(d)
+                                  for d in (weight.data_type, QUANT_DTYPES[precision]))
             raise PndmError(f"{node.name}: weight {weight.name} is {found}, not {wanted_type}")
         values = numpy_helper.to_array(weight)
         if precision == "int8" and (values.min() < -127 or values.max() > 127):
