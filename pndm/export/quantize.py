@@ -18,11 +18,11 @@ TensorRT. Two placements of the Q/DQ nodes are written:
 
 The fp32 islands (normalisations, softmax, the timestep embedding) are never quantized.
 
-**Precision policy** (:func:`choose_float_layers`): the layers (Conv/MatMul/Gemm, named after their
-weight, e.g. ``conv_in`` for ``conv_in.weight``) whose quantization costs most are kept in float
-until the engine meets :data:`pndm.export.precision.EXPORT_REL_L2_LIMITS` in every t range. A layer's
-sensitivity is how much the eps error (relative L2 against the fp32 model, on a subset of the
-calibration pairs) falls when that layer alone is left unquantized.
+**Precision policy** (:func:`choose_float_layers`, per placement): the layers (Conv/MatMul/Gemm, named
+after their weight, e.g. ``conv_in`` for ``conv_in.weight``) whose quantization costs most are kept
+in float until the engine meets :data:`pndm.export.precision.EXPORT_REL_L2_LIMITS` in every t range.
+A layer's sensitivity is the eps error (worst relative L2 per t range against the fp32 model, on a
+few calibration pairs) with that layer alone left unquantized: the lower, the more it matters.
 """
 
 from __future__ import annotations
@@ -192,19 +192,33 @@ class Quantizer:
         return model
 
     def without_quantization(self, probe: onnx.ModelProto, layer: str) -> onnx.ModelProto:
-        """``probe`` (an fp32 TensorRT-form graph) with ``layer`` reading its float inputs again.
+        """``probe`` (a Q/DQ graph in fp32) with ``layer`` in float: cheaper than re-quantizing.
 
-        Cheaper than re-quantizing: the layer's Q/DQ inputs are bypassed, the float weight put back.
+        The layer reads its original float inputs (the float weight is put back), and where its
+        output was quantized (CPU form), the consumers of that Q/DQ pair read the float output.
         """
         model = onnx.ModelProto()
         model.CopyFrom(probe)
+        graph = model.graph
         node_name = self.layers[layer]
         original = next(n for n in self.fp32.graph.node if n.name == node_name)
-        target = next(n for n in model.graph.node if n.name == node_name)
+        target = next(n for n in graph.node if n.name == node_name)
         target.input[:] = original.input
-        present = {init.name for init in model.graph.initializer}
-        model.graph.initializer.extend(init for init in self.fp32.graph.initializer
-                                       if init.name in original.input and init.name not in present)
+        present = {init.name for init in graph.initializer}
+        graph.initializer.extend(init for init in self.fp32.graph.initializer
+                                 if init.name in original.input and init.name not in present)
+        output = target.output[0]
+        pair = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == output]
+        quantized = {q.output[0] for q in pair}
+        pair += [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in quantized]
+        dequantized = {n.output[0] for n in pair if n.op_type == "DequantizeLinear"}
+        graph_outputs = dequantized & {o.name for o in graph.output}
+        if graph_outputs:  # the dequantized tensor is the graph output: the layer writes it directly
+            output = target.output[0] = graph_outputs.pop()
+        for node in pair:
+            graph.node.remove(node)
+        for node in graph.node:
+            node.input[:] = [output if name in dequantized else name for name in node.input]
         return model
 
 
@@ -214,56 +228,47 @@ def _spread(t: np.ndarray, count: int) -> np.ndarray:
     return order[np.linspace(0, len(order) - 1, min(count, len(order))).round().astype(int)]
 
 
-def choose_float_layers(quantizer: Quantizer, placements: tuple[str, ...], limit: float,
+def choose_float_layers(quantizer: Quantizer, placement: str, limit: float,
                         error_of: Callable[[onnx.ModelProto, np.ndarray | None], dict],
                         log: Callable[[str], None] = print) -> tuple[list[str], dict[str, str], dict]:
-    """Keep the most sensitive layers in float until every placement's error is within ``limit``.
+    """Keep the most sensitive layers in float until ``placement``'s error is within ``limit`` per t range.
 
     ``error_of(model, subset)`` returns the verification stats (``rel_l2`` and ``by_t``) of a graph on
-    the calibration pairs (``subset``: indices, or None for all). Returns (kept layers, why each was
-    kept, the final stats per placement).
+    the calibration pairs (``subset``: indices, or None for all). A layer's sensitivity is the fall of
+    the eps error (on :data:`SENSITIVITY_PAIRS` pairs spread over t) when it alone is in float.
+    Returns (kept layers, why each was kept, the final stats).
     """
 
     def worst(stats: dict) -> float:
         return max([stats["rel_l2"], *(row["rel_l2"] for row in stats["by_t"])])
 
-    def evaluate(kept: list[str]) -> dict[str, dict]:
-        return {p: error_of(quantizer.quantize(p, kept), None) for p in placements}
-
-    results = evaluate([])
-    errors = {p: worst(s) for p, s in results.items()}
-    log(f"{quantizer.precision} with every layer quantized: worst rel L2 "
-        + ", ".join(f"{p} {e:.3g}" for p, e in errors.items()) + f" (limit {limit:g})")
-    if max(errors.values()) <= limit:
-        return [], {}, results
-
+    stats = error_of(quantizer.quantize(placement, []), None)
+    log(f"{quantizer.precision} {placement} form, every layer quantized: worst rel L2 per t range "
+        f"{worst(stats):.3g} (limit {limit:g})")
+    if worst(stats) <= limit:
+        return [], {}, stats
     subset = _spread(quantizer.t, SENSITIVITY_PAIRS)
-    probe = quantizer.quantize("tensorrt", [], fp16=False)
-    base = error_of(probe, subset)["rel_l2"]
+    probe = quantizer.quantize(placement, [], fp16=False)
+    base = worst(error_of(probe, subset))
     log(f"measuring the sensitivity of {len(quantizer.layers)} layers on {len(subset)} pairs")
-    gains = {layer: base - error_of(quantizer.without_quantization(probe, layer), subset)["rel_l2"]
+    after = {layer: worst(error_of(quantizer.without_quantization(probe, layer), subset))
              for layer in quantizer.layers}
-    ranked = sorted(gains, key=gains.get, reverse=True)
+    ranked = sorted(after, key=after.get)
     kept: list[str] = []
     step = 1
-    while True:
-        kept = ranked[:len(kept) + step]
-        if len(kept) > MAX_FLOAT_FRACTION * len(ranked):
+    while worst(stats) > limit:
+        if len(kept) + step > MAX_FLOAT_FRACTION * len(ranked):
             raise PndmError(
-                f"{quantizer.precision}: even with {len(kept) - step} of {len(ranked)} layers in float the "
-                f"error is above {limit:g} ({', '.join(f'{p} {e:.3g}' for p, e in errors.items())}); "
-                f"export with --precision fp16, or try another --calibrator"
+                f"{quantizer.precision} {placement} form: even with {len(kept)} of {len(ranked)} layers in "
+                f"float the error is {worst(stats):.3g} > {limit:g}; export with --precision fp16, or try "
+                "another --calibrator or more --calibration-count"
             )
-        results = evaluate(kept)
-        errors = {p: worst(s) for p, s in results.items()}
-        log(f"{len(kept)} layers in float: worst rel L2 "
-            + ", ".join(f"{p} {e:.3g}" for p, e in errors.items()))
-        if max(errors.values()) <= limit:
-            break
+        kept = ranked[:len(kept) + step]
+        stats = error_of(quantizer.quantize(placement, kept), None)
+        log(f"{placement} form, {len(kept)} layers in float: worst rel L2 {worst(stats):.3g}")
         step = max(1, len(kept) // 2)
-    reasons = {name: f"sensitivity: rel L2 {base:.3g} -> {base - gains[name]:.3g} with it in float"
-               for name in kept}
-    return kept, reasons, results
+    reasons = {name: f"alone in float: worst rel L2 {base:.3g} -> {after[name]:.3g}" for name in kept}
+    return kept, reasons, stats
 
 
 def check_qdq_structure(model: onnx.ModelProto, precision: str) -> dict[str, int]:
@@ -334,21 +339,18 @@ def quantize_engines(fp32: onnx.ModelProto, x: np.ndarray, t: np.ndarray, eps: n
     require_calibration_data(x, eps, precision)
     kept = resolve_keep_float(fp32, keep_float)
     placements = PLACEMENTS if precision == "int8" else ("tensorrt",)
+    engines = []
     with tempfile.TemporaryDirectory(prefix="pndm-quantize-") as workdir:
         quantizer = Quantizer(fp32, x, t, precision=precision, calibrator=calibrator, batch=batch,
                               workdir=Path(workdir))
-        if keep_float:
-            reasons = {name: "--keep-float" for name in kept}
-            models = {p: quantizer.quantize(p, kept) for p in placements}
-        else:
-            kept, reasons, _ = choose_float_layers(quantizer, placements, limit, error_of, log)
-            models = {p: quantizer.quantize(p, kept) for p in placements}
-    if kept:
-        log(f"{precision}: kept in float: " + "; ".join(f"{name} ({reasons[name]})" for name in kept))
-    else:
-        log(f"{precision}: every layer quantized")
-    engines = []
-    for placement, model in models.items():
-        check_qdq_structure(model, precision)
-        engines.append(QuantizedEngine(model, precision, placement, calibrator, kept, reasons))
+        for placement in placements:
+            if keep_float:
+                chosen, reasons = kept, {name: "--keep-float" for name in kept}
+            else:
+                chosen, reasons, _ = choose_float_layers(quantizer, placement, limit, error_of, log)
+            model = quantizer.quantize(placement, chosen)
+            check_qdq_structure(model, precision)
+            log(f"{precision} {placement} form: " + ("; ".join(f"{name} kept in float ({reasons[name]})"
+                                                          for name in chosen) or "every layer quantized"))
+            engines.append(QuantizedEngine(model, precision, placement, calibrator, chosen, reasons))
     return engines

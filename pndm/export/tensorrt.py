@@ -144,8 +144,9 @@ def plan_build(caps: TrtCapabilities, *, precision: str, batch: BatchRange, imag
     elif caps.has_strongly_typed:  # TensorRT 11: precision comes from the ONNX itself
         strongly_typed, onnx_file = True, weak_source[precision]
     else:
+        flags = "/".join(["FP16", *([quant_flag] if quant_flag else [])])
         raise PndmError(
-            f"TensorRT {caps.version} has neither BuilderFlag.FP16 nor strongly typed networks; "
+            f"TensorRT {caps.version} has neither BuilderFlag.{flags} nor strongly typed networks; "
             "install TensorRT 10 or 11"
         )
     if lean:
