@@ -48,6 +48,7 @@ TIMESTEP_OPS = frozenset({"Sin", "Cos"})
 STAT_OPS = frozenset({"ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "Pow", "Sqrt", "Reciprocal"})
 STAT_CONSUMER_OPS = frozenset({"Sub", "Add", "Div", "Mul"})
 SHAPE_OPS = frozenset({"Shape", "Size"})  # read only the shape: any dtype in, no cast needed
+RESHAPE_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
 # Ops whose output dtype is an attribute this pass does not rewrite: left in float32.
 DTYPE_ATTRIBUTE_OPS = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                                  "EyeLike", "Multinomial", "Bernoulli"})
@@ -102,6 +103,22 @@ def fp32_islands(graph: onnx.GraphProto) -> dict[str, str]:
             kept[node.name] = "normalization statistics"
         elif node.op_type in DTYPE_ATTRIBUTE_OPS:
             kept[node.name] = "dtype attribute"
+    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    constants = {init.name for init in graph.initializer}
+    for node in graph.node:  # a normalisation's affine (x * gamma + beta after a reshape) stays with it
+        if node.op_type not in NORM_OPS:
+            continue
+        current = node
+        while len(consumers[current.output[0]]) == 1:
+            current = consumers[current.output[0]][0]
+            if current.op_type in RESHAPE_OPS or (current.op_type in ("Mul", "Add")
+                                                 and any(i in constants for i in current.input)):
+                kept.setdefault(current.name, "normalization affine")
+            else:
+                break
     stack = [node for node in graph.node if node.op_type in TIMESTEP_OPS]
     while stack:  # sin/cos and everything that computes their argument
         node = stack.pop()
