@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test demo lint bench gpu-check clean
 
 install: $(STAMP)
 
@@ -12,24 +12,35 @@ $(STAMP): pyproject.toml
 	# torch first: the local CPU build. A newer or unpinned torch would pull GBs of CUDA packages.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# Test-only: pytorch-fid's Inception definition, to pin pndm's FID to it. --no-deps: its torchvision
+	# requirement would replace this torch (the test builds torchvision's Python part from its wheel).
+	$(PY) -m pip install --quiet --no-deps pytorch-fid==0.3.0
 	touch $(STAMP)
 
 test: install
 	$(PY) -m pytest -q
 
-# The embedded default model (MNIST digits): export fp32 + fp16 ONNX, then 36 F-PNDM samples from the
-# fp16 engine. --clip-x0: the default model is small and briefly trained (README, "The embedded default model").
+# The embedded default model (MNIST digits): export fp32 + fp16 ONNX, then the same 36 seeds through each
+# engine (F-PNDM, 20 steps), the checker's table and the feature judge's FD of each, in build/demo/report.md.
+# --clip-x0: the default model is small and briefly trained (README, "The embedded default model").
 demo: install
 	$(VENV)/bin/pndm-export build --precision fp16 --out build/demo
-	$(VENV)/bin/pndm-run sample --engine build/demo/unet.fp16.onnx --method f-pndm --steps 20 -n 36 --batch 36 \
-		--clip-x0 --out build/demo/samples
-	@echo "demo: engines in build/demo, sample grid in build/demo/samples/grid.png"
+	$(PY) -m pndm.scoring.demo build/demo --clip-x0
+	@echo "demo: build/demo/report.md (compare.png: the same seeds through each engine)"
 
 lint: install
 	$(VENV)/bin/ruff check pndm tests bench
 
 bench: install
 	$(PY) bench/bench_sampling.py
+
+# On a machine with an NVIDIA GPU and PyTorch (CUDA) but no internet: installs nothing new (pndm itself
+# into the Python that has torch, without dependencies), runs the GPU tests and the GPU benchmark and
+# writes build/gpu-check/gpu_check.json + gpu_check.md. GPU_PY: that Python (default python3).
+GPU_PY ?= python3
+gpu-check:
+	$(GPU_PY) -m pip install --quiet -e . --no-deps --no-build-isolation
+	$(GPU_PY) bench/gpu_check.py --out build/gpu-check
 
 clean:
 	rm -rf build $(VENV)

@@ -4,21 +4,60 @@ Each subsystem defines its click commands in its own module (``pndm/export/cli.p
 ``pndm/runtime/cli.py``, ``pndm/train/cli.py``); this module only assembles them,
 importing each lazily so ``--help`` is fast, and turns user errors into one line.
 
-Error policy: a :class:`pndm.errors.PndmError` (or another ``ValueError``, or a file
-error) prints ``error: <message>`` on stderr and exits with code 2. ``--debug`` (on any
-command) or ``PNDM_DEBUG=1`` shows the full traceback instead.
+Error policy: a :class:`pndm.errors.PndmError`, an ``OSError`` (a file that is missing, not
+writable, a full disk), running out of memory or a bad option value prints ``error: <message>`` on
+stderr and exits with code 2. Any other exception, a plain ``ValueError``/``TypeError`` included,
+is a bug and shows its traceback.
+``--debug`` (on any command) or ``PNDM_DEBUG=1`` shows the full traceback of user errors too.
+
+Library errors speak in API terms: they advise ``name=value`` for a keyword argument. The CLI
+translates each such advice into the command's flag (``device='cpu'`` -> ``--device cpu``) when the
+running command has that option, so a message never names a flag of another command.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 
 import click
 
+from pndm.errors import PndmError, out_of_memory, user_message
+
 EXIT_USER_ERROR = 2
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+USER_ERRORS = (PndmError, OSError)
+# API keyword -> its flag's name (without "--", "-" as "_"), where the two differ.
+API_TO_PARAM = {"trust": "trust_engine", "allow_pickle": "trust_pickle"}
+_API_ADVICE = re.compile(r"\b([a-z_]+)=('[^']*'|[\w.:/\-]+)?")
+
+
+def api_to_flags(message: str, command: click.Command | None) -> str:
+    """``message`` with each ``name=value`` advice for an option of ``command`` written as its flag."""
+    if command is None:
+        return message
+    flags = {opt[2:].replace("-", "_"): opt for p in command.params if isinstance(p, click.Option)
+             for opt in p.opts if opt.startswith("--")}
+
+    def flag(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2) or ""
+        option = flags.get(API_TO_PARAM.get(name, name))
+        if option is None:
+            return match.group(0)
+        core = value.rstrip(".,;:")  # sentence punctuation after the value stays
+        tail, core = value[len(core):], core.strip("'")
+        return (option if core in ("", "True") else f"{option} {core}") + tail
+
+    return _API_ADVICE.sub(flag, message)
+
+
+def _reraise_with_flags(error: PndmError, command: click.Command | None):
+    """Raise ``error`` again, its API advice written as ``command``'s flags (the original as its cause)."""
+    message = api_to_flags(str(error), command)
+    if message == str(error):
+        raise error
+    raise type(error)(message) from error
 
 
 def debug_option(f):
@@ -33,24 +72,27 @@ def _debugging() -> bool:
     return "--debug" in sys.argv[1:] or os.environ.get("PNDM_DEBUG", "") not in ("", "0")
 
 
-def _run_guarded(main, *args, **kwargs):
+def _run_guarded(main, *args, command: click.Command | None = None, **kwargs):
     try:
-        return main(*args, standalone_mode=False, **kwargs)
+        try:
+            return main(*args, standalone_mode=False, **kwargs)
+        except PndmError as e:
+            _reraise_with_flags(e, command)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except click.BadParameter as e:  # a bad option value: one line, like every other user error
+        click.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(EXIT_USER_ERROR)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
         click.echo("Aborted!", err=True)
         sys.exit(1)
-    except USER_ERRORS as e:
-        if _debugging():
+    except Exception as e:
+        if not (isinstance(e, USER_ERRORS) or out_of_memory(e)) or _debugging():
             raise
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if isinstance(e, OSError) and e.filename and str(e.filename) not in message:
-            message = f"{message}: {e.filename}"
-        click.echo(f"error: {message}", err=True)
+        click.echo(f"error: {user_message(e)}", err=True)
         sys.exit(EXIT_USER_ERROR)
 
 
@@ -70,6 +112,13 @@ class LazyGroup(click.Group):
             return getattr(importlib.import_module(module_name), attr)
         return super().get_command(ctx, name)
 
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except PndmError as e:
+            name = ctx.invoked_subcommand
+            _reraise_with_flags(e, self.get_command(ctx, name) if name else None)
+
     def main(self, *args, **kwargs):
         if kwargs.pop("standalone_mode", True) is False:
             return super().main(*args, standalone_mode=False, **kwargs)
@@ -87,7 +136,10 @@ def export_cli():
 
 @click.group(
     cls=LazyGroup,
-    lazy_commands={"sample": "pndm.runtime.cli:sample", "check": "pndm.runtime.cli:check"},
+    lazy_commands={"sample": "pndm.runtime.cli:sample", "check": "pndm.runtime.cli:check",
+                   "tune": "pndm.runtime.tune:tune",
+                   "score": "pndm.scoring.cli:score", "sweep": "pndm.scoring.cli:sweep",
+                   "interpolate": "pndm.runtime.interpolate:interpolate"},
 )
 @click.version_option(package_name="pndm")
 def run_cli():
@@ -98,4 +150,4 @@ def train_cli():
     """``pndm-train``: the command itself lives in :mod:`pndm.train.cli`."""
     from pndm.train.cli import train
 
-    _run_guarded(train.main)
+    _run_guarded(train.main, command=train)

@@ -37,6 +37,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_trt)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def pndm_cache_dir(tmp_path_factory) -> Path:
+    """$PNDM_CACHE_DIR (trust record, caches) in a temporary folder for the whole session, set before
+    any module fixture runs, so no test reads or writes the user's ~/.cache/pndm. A test that needs
+    its own empty cache monkeypatches the variable to its tmp_path."""
+    folder = tmp_path_factory.mktemp("pndm-cache")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("PNDM_CACHE_DIR", str(folder))
+    yield folder
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def testdata() -> Path:
     if not TESTDATA.is_dir():

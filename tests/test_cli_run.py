@@ -192,7 +192,7 @@ def test_truncated_engine(engine_dir, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_corrupt_engine_without_hash(engine_dir, tmp_path):
+def test_engine_without_hash_is_refused(engine_dir, tmp_path):
     from runtime_fixtures import write_manifest
 
     folder = tmp_path / "e"
@@ -202,7 +202,7 @@ def test_corrupt_engine_without_hash(engine_dir, tmp_path):
     manifest["engines"]["unet.onnx"].pop("sha256")
     (folder / "manifest.json").write_text(json.dumps(manifest))
     result = run("check", "--engine", str(folder / "unet.onnx"))
-    assert_one_line_error(result, "corrupt or truncated")
+    assert_one_line_error(result, "has no sha256, so the file cannot be checked (refused)")
 
 
 def test_missing_manifest(engine_dir, tmp_path):

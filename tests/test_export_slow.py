@@ -9,12 +9,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from pndm.export.aoti import load_aoti
 from pndm.export.batch import parse_batch
 from pndm.export.build import ExportOptions, build_engines
 from pndm.export.verify import FP32_REL_L2_LIMIT
 from pndm.models.ddpm_unet import DDPMUNet, DDPMUNetConfig
 from pndm.models.spec import ModelSpec
+from pndm.runtime import load_engine
 
 
 @pytest.mark.slow
@@ -26,11 +26,11 @@ def test_bf16_package_runs_any_batch_in_range(tmp_path):
     options = ExportOptions(out=tmp_path, precision="bf16", batch=parse_batch("1:2:4"), calibration_steps=5,
                             calibration_count=1)
     result = build_engines(model, spec, options, log=lambda s: None)
-    entry = result.manifest["engines"]["unet.bf16.pt2"]
+    entry = result.manifest.engines["unet.bf16.pt2"].to_dict()
     assert entry["kind"] == "aoti" and entry["precision"] == "bf16" and entry["device"] == "cpu"
-    stats = result.manifest["verification"]["unet.bf16.pt2"]
+    stats = result.manifest.verification["unet.bf16.pt2"]
     assert 1e-4 < stats["rel_l2"] < 3e-2  # really bf16 (8 mantissa bits), and still close
-    eps = load_aoti(tmp_path / "unet.bf16.pt2")
+    eps = load_engine(tmp_path / "unet.bf16.pt2", device="cpu")
     for batch in (1, 3, 4):
         x, t = torch.randn(batch, 3, 8, 8), torch.rand(batch) * 999
         out = eps(x, t)
@@ -50,7 +50,7 @@ def test_cifar10_architecture_exports_fp32_and_fp16(tmp_path):
     options = ExportOptions(out=tmp_path, precision="fp16", batch=parse_batch("1:4:64"), calibration_steps=4,
                             calibration_count=1)
     result = build_engines(model, spec, options, log=lambda s: None)
-    verification = result.manifest["verification"]
+    verification = result.manifest.verification
     assert verification["unet.onnx"]["rel_l2"] <= FP32_REL_L2_LIMIT
     assert all(row["rel_l2"] < 1e-2 for row in verification["unet.fp16.onnx"]["by_t"])
     assert len(verification["unet.fp16.onnx"]["by_t"]) == 4  # t = 0, 250, 500, 750: every range

@@ -8,10 +8,10 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
+from pndm.engine_format import read_manifest
 from pndm.errors import PndmError
 from pndm.export.batch import parse_batch
 from pndm.export.build import build_engines
-from pndm.export.manifest import read_manifest
 from pndm.export.precision import EXPORT_REL_L2_LIMITS
 from pndm.export.quantize import (
     Quantizer,
@@ -123,14 +123,13 @@ def test_cpu_form_quantizes_layer_outputs_too(int8_export):
 def test_manifest_and_verification(int8_export):
     out, result, lines = int8_export
     manifest = read_manifest(out)
-    assert result.manifest["calibration"]["method"] == "forward-process"  # random weights
+    assert result.manifest.calibration["method"] == "forward-process"  # random weights
     for name, placement in (("unet.int8.onnx", "tensorrt"), ("unet.int8-cpu.onnx", "cpu")):
-        entry = manifest["engines"][name]
-        assert entry["precision"] == "int8"
-        quantization = entry["quantization"]
-        assert quantization["placement"] == placement and quantization["calibrator"] == "minmax"
-        assert quantization["kept_float"] == ["conv_in", "conv_out"]
-        stats = manifest["verification"][name]
+        entry = manifest.engines[name]
+        assert entry.precision == "int8" and entry.kind == "onnx"
+        assert entry.quantization["placement"] == placement and entry.quantization["calibrator"] == "minmax"
+        assert entry.quantization["kept_float"] == ["conv_in", "conv_out"]
+        stats = manifest.verification[name]
         assert 1e-4 < stats["rel_l2"] < TINY_LIMITS["int8"]  # really quantized, and within the limit
     assert any("int8 tensorrt form: conv_in kept in float (--keep-float)" in line for line in lines)
     assert any("int8 cpu form:" in line for line in lines)
@@ -178,7 +177,7 @@ def test_fp8_graph_structure(tmp_path, tiny_limits):
     weights = [i for i in graph_model.graph.initializer if i.data_type == TensorProto.FLOAT8E4M3FN]
     assert len(weights) >= 5
     assert next(o.version for o in graph_model.opset_import if o.domain in ("", "ai.onnx")) >= 19
-    assert result.manifest["engines"]["unet.fp8.onnx"]["precision"] == "fp8"
+    assert result.manifest.engines["unet.fp8.onnx"].precision == "fp8"
     assert "unet.int8-cpu.onnx" not in result.files
 
 

@@ -1,10 +1,14 @@
 """Engine backends on a tiny exported UNet: ONNX Runtime with I/O binding, error paths of the others."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from runtime_fixtures import TINY, export_tiny_onnx, one_torch_thread, tiny_model  # noqa: F401
 
+from pndm.engine_format import IOSpec, TensorSpec
 from pndm.errors import EngineError
+from pndm.fileio import sha256_file
 from pndm.runtime.engines.base import EngineInfo
 from pndm.runtime.engines.ort_engine import OrtEngine
 from pndm.runtime.engines.torch_engine import TorchEngine
@@ -18,6 +22,7 @@ def info(path, precision="fp32", batch_range=(1, 8)) -> EngineInfo:
         T=1000,
         batch_range=batch_range,
         precision=precision,
+        io=IOSpec.for_image((3, TINY.resolution, TINY.resolution)),
     )
 
 
@@ -31,7 +36,7 @@ def tiny_onnx(tmp_path_factory):
 
 def test_ort_engine_matches_torch(tiny_onnx):
     path, model = tiny_onnx
-    engine = OrtEngine(info(path), torch.device("cpu"))
+    engine = OrtEngine(info(path), torch.device("cpu")).open()
     assert engine.backend == "onnxruntime" and engine.image_shape == (3, 16, 16)
     x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     t = torch.tensor([0.0, 499.5, 999.0])
@@ -45,7 +50,7 @@ def test_ort_engine_matches_torch(tiny_onnx):
 
 def test_ort_engine_reuses_its_output_buffer_per_batch(tiny_onnx):
     path, _ = tiny_onnx
-    engine = OrtEngine(info(path), torch.device("cpu"))
+    engine = OrtEngine(info(path), torch.device("cpu")).open()
     x = torch.randn(2, 3, 16, 16)
     first = engine(x, torch.tensor([10.0, 10.0]))
     kept = first.clone()
@@ -59,25 +64,28 @@ def test_ort_engine_reuses_its_output_buffer_per_batch(tiny_onnx):
 
 def test_batch_outside_profile_names_the_range(tiny_onnx):
     path, _ = tiny_onnx
-    engine = OrtEngine(info(path, batch_range=(1, 2)), torch.device("cpu"))
+    engine = OrtEngine(info(path, batch_range=(1, 2)), torch.device("cpu")).open()
     with pytest.raises(EngineError, match=r"batch size 3 is outside the engine's profile \[1, 2\]"):
         engine(torch.zeros(3, 3, 16, 16), torch.zeros(3))
 
 
 def test_wrong_image_shape_is_refused(tiny_onnx):
     path, _ = tiny_onnx
-    engine = OrtEngine(info(path), torch.device("cpu"))
+    engine = OrtEngine(info(path), torch.device("cpu")).open()
     with pytest.raises(EngineError, match="image shape"):
         engine(torch.zeros(1, 3, 8, 8), torch.zeros(1))
 
 
 def test_manifest_names_that_do_not_match_the_file(tiny_onnx):
     path, _ = tiny_onnx
+    renamed = IOSpec([TensorSpec("sample", "float32", ["batch", 3, 16, 16]),
+                      TensorSpec("timestep", "float32", ["batch"])], IOSpec.for_image((3, 16, 16)).outputs)
     with pytest.raises(EngineError, match="does not belong to this file"):
-        OrtEngine(info(path), torch.device("cpu"), input_names=("sample", "timestep"), output_name="eps")
-    wrong = EngineInfo(str(path), (3, 32, 32), "linear", 1000, (1, 8), "fp32")
+        OrtEngine(EngineInfo(str(path), (3, 16, 16), "linear", 1000, (1, 8), "fp32", renamed),
+                  torch.device("cpu")).open()
+    wrong = EngineInfo(str(path), (3, 32, 32), "linear", 1000, (1, 8), "fp32", IOSpec.for_image((3, 32, 32)))
     with pytest.raises(EngineError, match="does not belong to this file"):
-        OrtEngine(wrong, torch.device("cpu"))
+        OrtEngine(wrong, torch.device("cpu")).open()
 
 
 def test_corrupt_onnx_is_an_engine_error(tmp_path, tiny_onnx):
@@ -85,12 +93,12 @@ def test_corrupt_onnx_is_an_engine_error(tmp_path, tiny_onnx):
     bad = tmp_path / "unet.onnx"
     bad.write_bytes(path.read_bytes()[:5000])
     with pytest.raises(EngineError, match="corrupt or truncated"):
-        OrtEngine(info(bad), torch.device("cpu"))
+        OrtEngine(info(bad), torch.device("cpu")).open()
 
 
 def test_torch_engine_is_the_model_in_fp32():
     model = tiny_model()
-    engine = TorchEngine(info("tiny"), torch.device("cpu"), model)
+    engine = TorchEngine(info("tiny"), torch.device("cpu"), model).open()
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([3.0, 700.0])
     with torch.no_grad():
         assert torch.equal(engine(x, t), model(x, t))
@@ -102,7 +110,8 @@ def test_aoti_corrupt_package_is_an_engine_error(tmp_path):
     bad = tmp_path / "unet.bf16.pt2"
     bad.write_bytes(b"PK\x03\x04 not really a package")
     with pytest.raises(EngineError, match="corrupt, truncated"):
-        AotiEngine(info(bad, "bf16"), torch.device("cpu"))
+        checked = replace(info(bad, "bf16"), sha256=sha256_file(bad))
+        AotiEngine(checked, torch.device("cpu"), trust=True).open()
 
 
 def test_tensorrt_without_cuda_is_a_clear_error(tmp_path):
@@ -113,4 +122,30 @@ def test_tensorrt_without_cuda_is_a_clear_error(tmp_path):
     plan = tmp_path / "unet.plan"
     plan.write_bytes(b"\0" * 16)
     with pytest.raises(EngineError, match="needs a CUDA device"):
-        TrtEngine(info(plan, "fp16"), torch.device("cpu"))
+        TrtEngine(info(plan, "fp16"), torch.device("cpu")).open()
+
+
+def test_open_close_life_cycle(tiny_onnx):
+    """An engine is usable between open and close; the context manager closes it and drops its buffers."""
+    path, _ = tiny_onnx
+    engine = OrtEngine(info(path), torch.device("cpu"))
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([5.0])
+    with pytest.raises(EngineError, match="the engine is closed"):
+        engine(x, t)
+    with engine as opened:
+        assert opened is engine and engine.is_open
+        first = engine(x, t).clone()
+        assert engine._buffers
+    assert not engine.is_open and not engine._buffers and not hasattr(engine, "session")
+    with pytest.raises(EngineError, match="the engine is closed"):
+        engine(x, t)
+    with engine:  # reopens
+        assert torch.equal(engine(x, t), first)
+    engine.close()  # idempotent
+
+
+def test_class_labels_follow_the_io_spec(tiny_onnx):
+    path, _ = tiny_onnx
+    with OrtEngine(info(path), torch.device("cpu")) as engine:
+        with pytest.raises(EngineError, match="unconditional: drop class_labels"):
+            engine(torch.zeros(1, 3, 16, 16), torch.zeros(1), torch.zeros(1, dtype=torch.int64))

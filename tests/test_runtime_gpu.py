@@ -51,7 +51,7 @@ def test_tensorrt_plan_samples_like_the_reference(tmp_path, cuda_graph):
         timeout=1800,
     )
     assert built.returncode == 0, built.stderr[-2000:]
-    plan = load_engine(out / "unet.plan", device="cuda", cuda_graph=cuda_graph)
+    plan = load_engine(out / "unet.fp16.plan", device="cuda", cuda_graph=cuda_graph)
     reference = load_engine(out / "unet.onnx", device="cpu")
     assert plan.backend == "tensorrt" and plan.batch_range == (1, 8)
     seeds = [0, 1, 2, 3, 4]
@@ -66,7 +66,7 @@ def test_tensorrt_plan_samples_like_the_reference(tmp_path, cuda_graph):
     assert not torch.allclose(out1, out2)  # a graph replay reads the new inputs, not stale ones
     assert torch.equal(plan(x1, t), out1)
     checked = subprocess.run(
-        [str(BIN / "pndm-run"), "check", "--engine", str(out / "unet.plan"), "--no-progress"],
+        [str(BIN / "pndm-run"), "check", "--engine", str(out / "unet.fp16.plan"), "--no-progress"],
         capture_output=True,
         text=True,
         timeout=600,

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from pndm.runtime.metrics import eps_errors, has_nonfinite, image_agreement
+from pndm.metrics import eps_errors, has_nonfinite, image_agreement
 
 
 def test_eps_errors_known_values():
@@ -43,3 +43,13 @@ def test_nonfinite_detection():
     assert has_nonfinite(x)
     x[1] = float("nan")
     assert has_nonfinite(x)
+
+
+def test_zero_reference_norm():
+    """A zero reference: identical zero candidate -> 0, any difference -> inf (not a huge finite number)."""
+    from pndm.metrics import error_stats
+
+    zero = torch.zeros(2, 3)
+    assert eps_errors(zero, zero) == (0.0, 0.0)
+    assert eps_errors(torch.full((2, 3), 0.5), zero)[0] == math.inf
+    assert error_stats(torch.full((2, 3), 0.5), zero) == {"rel_l2": math.inf, "max_abs": 0.5}

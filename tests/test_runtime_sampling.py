@@ -29,7 +29,7 @@ def test_load_engine_reads_the_manifest(engine_dir):
         "fp32",
     )
     assert engine.device == torch.device("cpu")
-    assert engine.manifest["format"] == "pndm-engine/1"
+    assert engine.manifest.format == "pndm-engine/1"  # the fixture writes format 1: still read
     assert load_engine(engine_dir, device="cpu").path == str(
         engine_dir / "unet.onnx"
     )  # a folder: its fp32 ONNX

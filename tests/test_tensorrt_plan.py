@@ -255,13 +255,13 @@ def test_real_build_of_a_tiny_unet(tmp_path):
     options = ExportOptions(out=tmp_path / "o", precision="fp16", batch=parse_batch("1:2:4"), trt="on",
                             timing_cache=cache, calibration_steps=3, calibration_count=1)
     result = build_engines(DDPMUNet(config).eval(), spec, options)
-    entry = result.manifest["engines"]["unet.plan"]
+    entry = result.manifest.engines["unet.fp16.plan"].to_dict()
     assert entry["precision"] == "fp16" and entry["gpu"]
     assert cache.stat().st_size > 0
     import tensorrt as trt
 
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    engine = runtime.deserialize_cuda_engine((tmp_path / "o" / "unet.plan").read_bytes())
+    engine = runtime.deserialize_cuda_engine((tmp_path / "o" / "unet.fp16.plan").read_bytes())
     names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
     assert names == {"x", "t", "eps"}
     assert tuple(engine.get_tensor_profile_shape("x", 0)[2]) == (4, 3, 8, 8)

@@ -35,12 +35,3 @@ def compile_aoti(model: nn.Module, image_shape: tuple[int, int, int], batch: Bat
                 package.unlink(missing_ok=True)
     return Path(path)
 
-
-def load_aoti(path: Path):
-    """An eps callable running the AOTInductor package ``path`` (CPU)."""
-    runner = torch._inductor.aoti_load_package(str(path))
-
-    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return runner(x.float(), t.float())
-
-    return eps

@@ -45,8 +45,6 @@ PLACEMENTS = ("tensorrt", "cpu")
 CALIBRATORS = ("minmax", "entropy", "percentile")
 DEFAULT_CALIBRATOR = "minmax"
 LAYER_OPS = ("Conv", "MatMul", "Gemm")
-ENGINE_FILES = {("int8", "tensorrt"): "unet.int8.onnx", ("int8", "cpu"): "unet.int8-cpu.onnx",
-                ("fp8", "tensorrt"): "unet.fp8.onnx"}
 MIN_OPSET = {"int8": 13, "fp8": 19}
 QUANT_DTYPES = {"int8": TensorProto.INT8, "fp8": TensorProto.FLOAT8E4M3FN}
 SENSITIVITY_PAIRS = 4  # calibration pairs (spread over t) each sensitivity probe is evaluated on

@@ -1,18 +1,18 @@
 """Verification at export: an engine's eps against the PyTorch fp32 model on calibration pairs.
 
 Metrics (computed over the whole set and per range of t, since fp16 errors depend on t):
-relative L2 = ||eps_engine - eps_ref||_2 / ||eps_ref||_2 and max abs = max |eps_engine - eps_ref|.
+relative L2 = ||eps_engine - eps_ref||_2 / ||eps_ref||_2 and max abs = max |eps_engine - eps_ref|
+(:mod:`pndm.metrics`). Engines are run through the runtime's loader, as ``pndm-run`` runs them.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
 from pndm.errors import PndmError
+from pndm.metrics import error_stats, has_nonfinite
 
 FP32_REL_L2_LIMIT = 1e-5
 # Boundaries of the t ranges, as fractions of T: [0, 100), [100, 300), [300, 600), [600, 1000) for T=1000.
@@ -23,13 +23,6 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def t_ranges(T: int) -> list[tuple[int, int]]:
     edges = [round(f * T) for f in T_RANGE_FRACTIONS]
     return list(zip(edges[:-1], edges[1:], strict=True))
-
-
-def error_stats(candidate: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
-    """relative L2 and max abs of ``candidate - reference`` (both computed in float64)."""
-    diff = candidate.double() - reference.double()
-    return {"rel_l2": float(diff.norm() / reference.double().norm().clamp_min(1e-30)),
-            "max_abs": float(diff.abs().max())}
 
 
 def compare(candidate: torch.Tensor, reference: torch.Tensor, t: torch.Tensor, T: int) -> dict:
@@ -49,22 +42,6 @@ def evaluate(eps: EpsFn, x: torch.Tensor, t: torch.Tensor, batch: int) -> torch.
     return torch.cat([eps(x[i:i + batch], t[i:i + batch]).float().clone() for i in range(0, len(x), batch)])
 
 
-def onnxruntime_eps(path: Path | bytes) -> EpsFn:
-    """An eps callable running an ONNX file (or serialized graph) on ONNX Runtime's CPU provider."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(path if isinstance(path, bytes) else str(path), options,
-                                   providers=["CPUExecutionProvider"])
-
-    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        (out,) = session.run(["eps"], {"x": x.float().numpy(), "t": t.float().numpy()})
-        return torch.from_numpy(out)
-
-    return eps
-
-
 def require_fp32_agreement(name: str, stats: dict, limit: float = FP32_REL_L2_LIMIT) -> None:
     """An fp32 engine that disagrees with PyTorch beyond ``limit`` is a broken export."""
     if not stats["rel_l2"] <= limit:
@@ -74,12 +51,12 @@ def require_fp32_agreement(name: str, stats: dict, limit: float = FP32_REL_L2_LI
         )
 
 
-def require_finite(name: str, stats: dict) -> None:
+def require_finite(name: str, candidate: torch.Tensor) -> None:
     """A reduced-precision engine whose eps overflows (inf/nan) is unusable, whatever its other errors."""
-    if not math.isfinite(stats["rel_l2"]):
+    if has_nonfinite(candidate):
         raise PndmError(
             f"{name} produces non-finite eps on the calibration pairs (an overflow in reduced precision); "
-            "export with --precision fp32 or bf16 instead"
+            "export with precision=fp32 or precision=bf16 instead"
         )
 
 

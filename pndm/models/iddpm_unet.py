@@ -13,11 +13,12 @@ interpolation v); ``forward`` returns eps, the first ``in_channels`` of them.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
+from pndm.errors import PndmError
 from pndm.models.ddpm_unet import GroupNorm32, Upsample
 
 
@@ -39,13 +40,13 @@ class IDDPMUNetConfig:
     conv_resample: bool = True
     use_scale_shift_norm: bool = True
     num_heads: int = 4
-    num_heads_upsample: int = 4
+    num_heads_upsample: int = field(default=4, metadata={"minimum": -1})  # -1: same as num_heads
     image_size: int = 32
     dims: int = 2
 
     def __post_init__(self):
         if self.dims != 2:
-            raise ValueError(f"only 2-D images are supported (dims={self.dims})")
+            raise PndmError(f"only 2-D images are supported (config dims={self.dims}); set dims to 2")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -116,7 +117,9 @@ class AttentionBlock(nn.Module):
     def __init__(self, channels: int, num_heads: int):
         super().__init__()
         if channels % num_heads:
-            raise ValueError(f"{channels} channels do not split into {num_heads} attention heads")
+            raise PndmError(
+                f"{channels} channels do not split into {num_heads} attention heads: change num_heads"
+            )
         self.num_heads = num_heads
         self.norm = iddpm_norm(channels)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)

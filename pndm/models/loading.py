@@ -186,8 +186,8 @@ def _load_named(name: str, config: ConfigArg, allow_pickle: bool) -> tuple[nn.Mo
     if weights is None:
         raise PndmError(
             f"no weights for named model {name!r} in {weights_dir()} (looked for {', '.join(entry.files)}); "
-            f"get {entry.origin}, put it there (or set $PNDM_MODELS_DIR), or use --random-init "
-            "(random_init=True in Python) for the untrained architecture"
+            f"get {entry.origin}, put it there (or set $PNDM_MODELS_DIR), or build the untrained "
+            "architecture with random_init=True"
         )
     if config is None and weights.suffix in TORCH_SUFFIXES:
         config = {"architecture": entry.architecture, "model": entry.model,

@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from pndm.errors import EngineError, PndmError
 from pndm.images import to_uint8
+from pndm.metrics import eps_errors, has_nonfinite, image_agreement
 from pndm.runtime.engines.base import Engine
-from pndm.runtime.metrics import eps_errors, has_nonfinite, image_agreement
 from pndm.runtime.sampling import nfe_of, sample_seeds
 from pndm.runtime.seeds import batches, image_noise
 
@@ -150,6 +150,7 @@ def lockstep(
     steps: int,
     clip_x0: bool = False,
     on_call: Callable[[], None] | None = None,
+    grid=None,
 ) -> tuple[torch.Tensor, list[dict], NonFinite | None, tuple[torch.Tensor, torch.Tensor]]:
     """Solve with the reference; at each NFE feed the same (x_t, t) to the candidate and compare eps.
 
@@ -178,7 +179,7 @@ def lockstep(
         if on_call is not None:
             on_call()
 
-    x_0 = sample(reference, x_T, method, steps, schedule, callback=compare, clip_x0=clip_x0)
+    x_0 = sample(reference, x_T, method, steps, schedule, callback=compare, clip_x0=clip_x0, grid=grid)
     return x_0.float().cpu(), rows, (nonfinite[0] if nonfinite else None), probe[0]
 
 
@@ -231,8 +232,9 @@ def check_engine(
     batch: int = 4,
     clip_x0: bool = False,
     progress: bool = True,
+    grid=None,
 ) -> CheckReport:
-    """Run both measurements of the module docstring and decide pass/fail."""
+    """Run both measurements of the module docstring and decide pass/fail (``grid``: None = the method's)."""
     if (candidate.image_shape, candidate.schedule_name, candidate.T) != (
         reference.image_shape,
         reference.schedule_name,
@@ -242,7 +244,7 @@ def check_engine(
             f"the reference ({reference.image_shape}, {reference.schedule_name} T={reference.T}) is not the "
             "same "
             f"model as the candidate ({candidate.image_shape}, {candidate.schedule_name} T={candidate.T}): "
-            "give the matching --reference"
+            "give the matching reference="
         )
     precision = candidate.precision
     if precision not in THRESHOLDS:
@@ -276,7 +278,7 @@ def check_engine(
         for chunk in chunks:
             x_0, rows, nonfinite, probe = lockstep(
                 reference, candidate, chunk, method=method, steps=steps, clip_x0=clip_x0,
-                on_call=lambda: bar.update(1),
+                on_call=lambda: bar.update(1), grid=grid,
             )
             reference_images.append(x_0)
             per_batch.append(rows)
@@ -295,6 +297,7 @@ def check_engine(
             steps=steps,
             batch=batch,
             clip_x0=clip_x0,
+            grid=grid,
             eps=watch,
             progress=progress,
             desc="free-running",

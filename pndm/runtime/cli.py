@@ -13,16 +13,23 @@ import torch
 
 from pndm.cli import debug_option
 from pndm.errors import PndmError
+from pndm.runtime.tune import grid_options, resolve_grid
+from pndm.validate import Device, FiniteFloat
 
 ENGINE_HELP = (
     "Engine to run: an .onnx / .plan / .pt2 file with manifest.json beside it, an engine folder "
     "(its unet.onnx), or a checkpoint / diffusers folder / model name (PyTorch fp32)."
 )
 THREADS_HELP = (
-    "CPU threads for torch and ONNX Runtime (default: one per core). On a busy machine 1 can be much "
-    "faster: OpenMP threads that wait for a taken core spin."
+    "CPU threads for torch and ONNX Runtime (default: one per physical core, shared among torchrun "
+    "processes). On a busy machine 1 can be much faster: OpenMP threads that wait for a taken core spin."
 )
 DEVICE_HELP = "cpu, cuda, cuda:N, or auto (CUDA when available, else CPU; .pt2: the device it was built for)."
+trust_engine_option = click.option(
+    "--trust-engine", is_flag=True, default=False,
+    help="Load a .pt2 package or TensorRT plan that pndm did not build on this machine (they carry native "
+    "code: use only files from a source you trust).",
+)
 
 
 class MethodChoice(click.Choice):
@@ -51,25 +58,13 @@ def _json_safe(value):
     return value
 
 
-@contextlib.contextmanager
-def _output_folder(out: str):
-    """Prepare ``out`` before any work; if the run fails, remove it again if we created it and it is empty."""
-    from pndm.runtime.outputs import prepare_out_dir
+def _set_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads (``threads``, default one per physical core); returns the count."""
+    from pndm.runtime.threads import default_threads
 
-    path = Path(out)
-    existed = path.exists()
-    folder = prepare_out_dir(path)
-    try:
-        yield folder
-    except BaseException:
-        if not existed and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
-        raise
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads:
-        torch.set_num_threads(threads)
+    threads = threads or default_threads()
+    torch.set_num_threads(threads)
+    return threads
 
 
 def _device_for_rank(device: str, local_rank: int, world_size: int) -> str:
@@ -79,20 +74,20 @@ def _device_for_rank(device: str, local_rank: int, world_size: int) -> str:
 
 
 def _write_outputs(
-    env, folder: Path, fmt: str, engine, my_seeds: list[int], run, options: dict
+    env, folder: Path, fmt: str, engine, my_seeds: list[int], run, options: dict, phases
 ) -> dict | None:
-    """Each rank writes its PNGs; rank 0 gathers everything and writes npz, grid.png, run.json.
+    """Rank 0 gathers every rank's images and writes the PNGs (or npz), grid.png and run.json.
 
-    Returns run.json's content on rank 0, None on the other ranks.
+    ``phases`` (:class:`pndm.runtime.phases.Phases`) times the writing and goes into run.json.
+    Returns run.json's content on rank 0, None on the other ranks (which write nothing).
     """
     from pndm.images import to_uint8
     from pndm.runtime.distributed import gather_to_main
+    from pndm.runtime.engine_cache import take_cache_events
     from pndm.runtime.outputs import versions, write_grid, write_json, write_npz, write_pngs
 
     channels, height, width = engine.image_shape
     pixels = to_uint8(run.images) if run else torch.zeros(0, height, width, channels, dtype=torch.uint8)
-    if fmt == "png":
-        write_pngs(pixels, my_seeds, folder)
     gathered = gather_to_main(env, (my_seeds, pixels, run.stats() if run else None))
     if not env.is_main:
         return None
@@ -100,9 +95,12 @@ def _write_outputs(
     order = sorted(range(len(seeds)), key=seeds.__getitem__)
     all_pixels = torch.cat([part[1] for part in gathered])[order]
     seeds = [seeds[i] for i in order]
-    if fmt == "npz":
-        write_npz(all_pixels, seeds, folder)
-    write_grid(all_pixels, folder)
+    with phases.phase("writing"):
+        if fmt == "npz":
+            write_npz(all_pixels, seeds, folder)
+        else:
+            write_pngs(all_pixels, seeds, folder)
+        write_grid(all_pixels, folder)
     rank_stats = [part[2] for part in gathered if part[2]]
     wall = max(s["wall_seconds"] for s in rank_stats)
     summary = {
@@ -115,6 +113,8 @@ def _write_outputs(
         "world_size": env.world_size,
         **({"ranks": rank_stats} if env.world_size > 1 else {}),
         "format": fmt,
+        "phases": phases.to_dict(),
+        "cache": take_cache_events(),
         "engine": engine.describe(),
         "versions": versions(),
         "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -153,9 +153,9 @@ clip_x0_option = click.option(
 @click.option(
     "--batch",
     type=click.IntRange(min=1),
-    default=16,
-    show_default=True,
-    help="Images per engine call; must lie in the engine's batch profile.",
+    default=None,
+    help="Images per engine call; must lie in the engine's batch profile. Default: all images in one "
+    "call where the profile allows (at most 64 on the CPU).",
 )
 @click.option(
     "--seed",
@@ -166,12 +166,13 @@ clip_x0_option = click.option(
 )
 @click.option(
     "--eta",
-    type=click.FloatRange(min=0.0),
+    type=FiniteFloat(min=0.0),
     default=0.0,
     show_default=True,
     help="DDIM stochasticity (0 = deterministic).",
 )
 @clip_x0_option
+@grid_options
 @click.option("--out", default="samples", show_default=True, help="Output folder.")
 @click.option(
     "--format",
@@ -182,42 +183,70 @@ clip_x0_option = click.option(
     help="png: one seedNNNNNN.png per image; npz: samples.npz (uint8 images + seeds). Both write "
     "grid.png and run.json.",
 )
-@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--device", type=Device(), default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
 @click.option(
     "--cuda-graph/--no-cuda-graph",
     default=True,
     show_default=True,
-    help="TensorRT: capture each batch size into a CUDA graph after one warm-up.",
+    help="On CUDA: capture the whole sampling loop (model calls and solver updates) into one CUDA graph "
+    "per batch size, for deterministic fixed-step methods; otherwise TensorRT captures each call.",
 )
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+@click.option("--save-trajectory", is_flag=True,
+              help="Also write trajectory.png: x_t and the denoised estimate at every model evaluation "
+                   "for the first 8 images.")
+@trust_engine_option
 @debug_option
 def sample(
-    engine_path, method, steps, num, batch, seed, eta, clip_x0, out, fmt, device, threads, cuda_graph,
-    progress,
+    engine_path, method, steps, num, batch, seed, eta, clip_x0, grid, recipe_path, out, fmt, device, threads,
+    cuda_graph, progress, save_trajectory, trust_engine,
 ):
     """Sample images from an engine with a PNDM-family solver.
 
     Works under ``torchrun --nproc_per_node=K``: the seeds are split across ranks and rank 0
     writes grid.png and run.json.
     """
+    from pndm.runtime.phases import Phases
+
+    phases = Phases()
     from pndm.runtime.distributed import process_group
     from pndm.runtime.loader import load_engine
+    from pndm.runtime.outputs import staged_output
     from pndm.runtime.sampling import sample_seeds
     from pndm.runtime.seeds import dist_env, seed_list, shard_seeds
 
     env = dist_env()
     all_seeds = seed_list(seed, num)
     my_seeds = shard_seeds(all_seeds, env.rank, env.world_size)
-    with _output_folder(out) as folder, process_group(env):
-        _set_threads(threads)
-        engine = load_engine(
-            engine_path,
-            _device_for_rank(device, env.local_rank, env.world_size),
-            cuda_graph=cuda_graph,
-            threads=threads,
-        )
+    output = staged_output(out) if env.is_main else contextlib.nullcontext()
+    with output as folder, process_group(env):
+        threads = _set_threads(threads)
+        with phases.phase("load"):
+            engine = load_engine(
+                engine_path,
+                _device_for_rank(device, env.local_rank, env.world_size),
+                cuda_graph=cuda_graph,
+                threads=threads,
+                trust=trust_engine,
+            )
+        if batch is None:
+            from pndm.runtime.threads import default_batch
+
+            batch = default_batch(max(len(my_seeds), 1), engine.batch_range, engine.device.type)
         engine.check_batch(min(batch, num))
+        method, steps, grid, grid_name = resolve_grid(engine, engine_path, method, steps, grid, recipe_path)
+        recorder = None
+        if save_trajectory and env.is_main:
+            from pndm.runtime.latents import TrajectoryRecorder
+
+            recorder = TrajectoryRecorder(engine)
+        from pndm.runtime.graph_loop import capturable
+
+        graph_loop = (
+            cuda_graph and engine.device.type == "cuda" and recorder is None
+            and not capturable(method, eta=eta, clip_x0=clip_x0)
+        )
         run = (
             sample_seeds(
                 engine,
@@ -227,17 +256,29 @@ def sample(
                 batch=batch,
                 eta=eta,
                 clip_x0=clip_x0,
+                grid=grid,
+                eps=recorder,
                 progress=progress and env.is_main,
+                graph_loop=graph_loop,
             )
             if my_seeds
             else None
         )
-        summary = _write_outputs(env, folder, fmt, engine, my_seeds, run, {"eta": eta, "clip_x0": clip_x0})
+        if run:
+            phases.add("warm_up", run.first_call_seconds)
+            phases.add("sampling", run.wall_seconds - run.first_call_seconds)
+        if recorder is not None:
+            with phases.phase("writing"):
+                recorder.save_strip(folder / "trajectory.png", run.images)
+        options = {
+            "eta": eta, "clip_x0": clip_x0, "grid": grid_name, "graph_loop": graph_loop, "threads": threads,
+        }
+        summary = _write_outputs(env, folder, fmt, engine, my_seeds, run, options, phases)
     if summary is None:
         return
     seeds = summary["seeds"]
     click.echo(
-        f"wrote {seeds['count']} images to {folder} ({method}, {steps} steps, NFE {summary['nfe']}, "
+        f"wrote {seeds['count']} images to {out} ({method}, {steps} steps, NFE {summary['nfe']}, "
         f"{summary['latency_per_nfe_ms']:.1f} ms per NFE, {summary['images_per_second']:.2f} images/s)",
         err=True,
     )
@@ -263,7 +304,8 @@ def sample(
     "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Image i uses seed SEED+i."
 )
 @clip_x0_option
-@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@grid_options
+@click.option("--device", type=Device(), default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
 @click.option(
     "--layerwise",
@@ -274,7 +316,7 @@ def sample(
 )
 @click.option(
     "--layerwise-tol",
-    type=click.FloatRange(min=0.0),
+    type=FiniteFloat(min=0.0),
     default=0.01,
     show_default=True,
     help="Relative L2 error at which a layer counts as diverged (--layerwise).",
@@ -283,6 +325,7 @@ def sample(
     "--json", "json_path", default=None, help="Also write the report as JSON to this file (default: none)."
 )
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
+@trust_engine_option
 @debug_option
 def check(
     engine_path,
@@ -293,12 +336,15 @@ def check(
     batch,
     seed,
     clip_x0,
+    grid,
+    recipe_path,
     device,
     threads,
     layerwise,
     layerwise_tol,
     json_path,
     progress,
+    trust_engine,
 ):
     """Check that an engine's eps and samples match the PyTorch fp32 reference. Exit code 0 pass, 1 fail."""
     from pndm.runtime.checker import check_engine, format_report
@@ -312,12 +358,14 @@ def check(
         from pndm.runtime.outputs import prepare_out_dir
 
         prepare_out_dir(Path(json_path).parent)
-    _set_threads(threads)
-    candidate = load_engine(engine_path, device, threads=threads)
+    threads = _set_threads(threads)
+    candidate = load_engine(engine_path, device, threads=threads, trust=trust_engine)
     candidate.check_batch(min(batch, num))
+    method, steps, grid, _ = resolve_grid(candidate, engine_path, method, steps, grid, recipe_path)
     ref = find_reference(candidate, reference, candidate.device, threads=threads)
     report = check_engine(
-        candidate, ref, seeds, method=method, steps=steps, batch=batch, clip_x0=clip_x0, progress=progress
+        candidate, ref, seeds, method=method, steps=steps, batch=batch, clip_x0=clip_x0, progress=progress,
+        grid=grid,
     )
     if layerwise:
         from pndm.runtime.layerwise import layerwise_for_check

@@ -2,7 +2,7 @@
 
 The manifest's ``model.source`` says where the exported weights came from: the embedded default
 model, a named model, or a checkpoint file whose SHA-256 must still match. Random-init exports
-carry their weights beside the engine (``manifest["reference"]``). A ``--reference`` may also be
+carry their weights beside the engine (``manifest.reference``). A ``--reference`` may also be
 an fp32 ONNX engine.
 """
 
@@ -30,29 +30,29 @@ def find_reference(
     manifest = candidate.manifest
     if manifest is None:
         raise EngineError(
-            f"{candidate.path} has no manifest to find its reference: pass --reference CHECKPOINT"
+            f"{candidate.path} has no manifest to find its reference: pass reference=CHECKPOINT"
         )
     engine_dir = Path(candidate.path).parent
-    if manifest.get("reference"):
-        return load_torch_model(engine_dir / manifest["reference"], device)
-    source = manifest["model"]["source"]
-    kind = source.get("kind")
-    if kind == "default":
+    if manifest.reference:
+        return load_torch_model(engine_dir / manifest.reference, device)
+    source = manifest.model.source
+    if source.kind == "default":
         return load_torch_model("default", device)
-    if kind == "named" and source.get("name"):
-        return load_torch_model(source["name"], device)
-    if kind == "checkpoint" and source.get("path"):
-        path = Path(source["path"])
+    if source.kind == "named" and source.name:
+        return load_torch_model(source.name, device)
+    if source.kind == "checkpoint" and source.path:
+        path = Path(source.path)
         if not path.exists():
             raise EngineError(
-                f"the checkpoint this engine was exported from ({path}) is gone: pass --reference PATH"
+                f"the checkpoint this engine was exported from ({path}) is gone: pass reference=PATH"
             )
-        if source.get("sha256") and path.is_file() and sha256_file(path) != source["sha256"]:
+        if source.sha256 and path.is_file() and sha256_file(path) != source.sha256:
             raise EngineError(
                 f"{path} no longer has the weights this engine was exported from (SHA-256 differs): "
-                "pass --reference with the original checkpoint"
+                "pass reference= the original checkpoint"
             )
         return load_torch_model(path, device)
     raise EngineError(
-        f"the manifest does not say where the reference weights are (source {source}): pass --reference"
+        f"the manifest does not say where the reference weights are (source {source.to_dict()}): "
+        "pass reference=PATH"
     )

@@ -9,7 +9,7 @@ import torch
 from pndm.errors import PndmError
 from pndm.schedules import Schedule
 from pndm.solvers.evaluator import Callback, EpsEvaluator, EpsFn
-from pndm.solvers.grid import time_grid
+from pndm.solvers.grid import GridArg, make_grid
 from pndm.solvers.registry import METHODS, MethodInfo
 from pndm.solvers.thresholding import clip_denoised
 
@@ -40,12 +40,33 @@ def _check_inputs(method: str, x_T, steps, schedule, eta: float, tol: float) -> 
             what = f"{x_T.dtype} tensor of shape {tuple(x_T.shape)}"
         raise PndmError(f"x_T must be a floating-point (B, C, H, W) tensor (got {what})")
     if eta != 0 and not info.accepts_eta:
-        raise PndmError(f"eta={eta} applies only to ddim; {method} is deterministic: drop eta or use ddim")
+        raise PndmError(f"eta={eta} applies only to ddim; drop eta for {method} (ddim with eta=1 is ddpm)")
     if not eta >= 0:
         raise PndmError(f"eta must be >= 0 (got {eta}); 0 is deterministic DDIM, 1 is DDPM's variance")
     if not tol > 0:
         raise PndmError(f"tol must be > 0 (got {tol}); it is pf's relative and absolute tolerance")
     return info
+
+
+def _method_options(info: MethodInfo, options: dict | None) -> dict:
+    """``options`` checked against the method's declared ones (name, range or choices), defaults filled."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(info.options))
+    if unknown:
+        valid = ", ".join(info.options) or "none"
+        raise PndmError(f"{info.name} has no option {unknown[0]!r} (its options: {valid})")
+    out = {}
+    for name, spec in info.options.items():
+        value = options.get(name, spec[0])
+        if len(spec) == 2:
+            if value not in spec[1]:
+                raise PndmError(f"{info.name} option {name} must be one of {', '.join(spec[1])} "
+                                f"(got {value!r})")
+        elif isinstance(value, bool) or not isinstance(value, int | float) or not spec[1] <= value <= spec[2]:
+            raise PndmError(f"{info.name} option {name} must be a number in [{spec[1]:g}, {spec[2]:g}] "
+                            f"(got {value!r})")
+        out[name] = value
+    return out
 
 
 def solve(
@@ -60,25 +81,34 @@ def solve(
     callback: Callback | None = None,
     tol: float = 1e-5,
     clip_x0: bool = False,
+    grid: GridArg | None = None,
+    options: dict | None = None,
 ) -> Solution:
-    """Run ``method`` from x_T (the sample at the top of :func:`time_grid`) to x_0 and report the NFE.
+    """Run ``method`` from x_T (the sample at the top of the grid) to x_0 and report the NFE.
+
+    ``grid``: a name from :data:`pndm.solvers.GRIDS` (``"quad"``, ``"karras:5"``; None = the method's
+    ``default_grid``) or explicit descending timesteps (a tuned recipe's); see :func:`make_grid`.
 
     ``eps(x, t)`` is called with t a (B,) tensor of x's dtype holding timestep indices (fractional
     for midpoints); ``callback(x, t, eps, index)`` sees every evaluation. ``eta`` and ``generator``
-    (one, or a list with one per image) apply to ddim, ``tol`` (rtol = atol) to pf. ``clip_x0``
+    (one, or a list with one per image) apply to ddim (``generator`` also to ddpm, edm-sde, sde2),
+    ``tol`` (rtol = atol) to pf, ``options`` to methods that declare them (``METHODS[m].options``:
+    edm-sde's s_churn, s_tmin, s_tmax, s_noise; sde2's derivative, fd_eps). ``clip_x0``
     clips every denoised estimate to [-1, 1] (:mod:`pndm.solvers.thresholding`; off by default:
     it changes the answer).
     """
     info = _check_inputs(method, x_T, steps, schedule, eta, tol)
-    grid = time_grid(steps, schedule.T).tolist()
+    points = make_grid(info.default_grid if grid is None else grid, steps, schedule).tolist()
     transform = (lambda x, t, e: clip_denoised(x, t, e, schedule)) if clip_x0 else None
     ev = EpsEvaluator(eps, callback, transform)
-    options = {}
+    kwargs = _method_options(info, options)
     if info.accepts_eta:
-        options = {"eta": eta, "generator": generator}
+        kwargs.update(eta=eta, generator=generator)
+    elif info.stochastic:
+        kwargs.update(generator=generator)
     elif info.adaptive:
-        options = {"tol": tol}
-    x0 = info.run(ev, x_T, grid, schedule, **options)
+        kwargs.update(tol=tol)
+    x0 = info.run(ev, x_T, points, schedule, **kwargs)
     return Solution(x0=x0, nfe=ev.count, method=method, steps=steps)
 
 
@@ -94,8 +124,10 @@ def sample(
     callback: Callback | None = None,
     tol: float = 1e-5,
     clip_x0: bool = False,
+    grid: GridArg | None = None,
+    options: dict | None = None,
 ) -> torch.Tensor:
     """x_0 from x_T with ``method`` over ``steps`` grid steps (:func:`solve` also returns the NFE)."""
     run = solve(eps, x_T, method, steps, schedule, eta=eta, generator=generator, callback=callback, tol=tol,
-                clip_x0=clip_x0)
+                clip_x0=clip_x0, grid=grid, options=options)
     return run.x0

@@ -34,10 +34,44 @@ class EpsEvaluator:
         self._transform = transform
         self.count = 0
 
+    @property
+    def differentiable(self) -> EpsFn | None:
+        """The eps function forward-mode AD can go through: a PyTorch engine's module (whose own call
+        runs under inference mode), a plain callable itself; None for ONNX Runtime / TensorRT / AOTI."""
+        backend = getattr(self._eps, "backend", None)
+        if backend is None:
+            return self._eps
+        module = getattr(self._eps, "model", None)
+        return module if backend == "torch" and isinstance(module, torch.nn.Module) else None
+
+    def jvp(self, x: torch.Tensor, t: float, dx: torch.Tensor, dt: float) -> torch.Tensor:
+        """The directional derivative D eps(x, t)[(dx, dt)] by forward-mode AD (``torch.func.jvp``);
+        counts as one evaluation (the callback sees its primal eps)."""
+        fn = self.differentiable
+        if fn is None:
+            raise PndmError("forward-mode AD needs a PyTorch engine: use the finite-difference derivative "
+                            "(option derivative=fd) for ONNX Runtime / TensorRT engines")
+        t_batch = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+        dt_batch = torch.full_like(t_batch, float(dt))
+        with torch.enable_grad():
+            primal, tangent = torch.func.jvp(fn, (x, t_batch), (dx, dt_batch))
+        self._checked(primal.detach(), x, t)
+        tangent = tangent.detach().to(device=x.device, dtype=x.dtype)
+        if not bool(torch.isfinite(tangent).all()):
+            raise PndmError(f"the model's derivative is NaN or Inf at t={float(t):g}: use derivative=fd")
+        return tangent
+
     def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        t_batch = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+        out = self._checked(self._eps(x, t_batch), x, t)
+        if self._transform is not None:
+            out = self._transform(x, t_batch, out)
+        return out
+
+    def _checked(self, out, x: torch.Tensor, t: float) -> torch.Tensor:
+        """Check one evaluation's output, copy it, count it and report it to the callback."""
         index = self.count
         t_batch = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
-        out = self._eps(x, t_batch)
         where = f"at evaluation {index} (t={float(t):g})"
         if not isinstance(out, torch.Tensor):
             raise PndmError(f"eps returned {type(out).__name__} {where}, expected a Tensor shaped like x")
@@ -55,6 +89,4 @@ class EpsEvaluator:
         self.count += 1
         if self._callback is not None:
             self._callback(x, t_batch, out, index)
-        if self._transform is not None:
-            out = self._transform(x, t_batch, out)
         return out

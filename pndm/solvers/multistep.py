@@ -17,15 +17,27 @@ import torch
 
 from pndm.schedules import Schedule
 from pndm.solvers.evaluator import EpsEvaluator
+from pndm.solvers.grid import CLEAN
 from pndm.solvers.transfer import alpha_bar_at, transfer
 
-#: Adams-Bashforth weights for uniform steps, newest direction first (PNDM eq. 12 for order 4).
-ADAMS_BASHFORTH = {
-    1: (1.0,),
-    2: (3 / 2, -1 / 2),
-    3: (23 / 12, -16 / 12, 5 / 12),
-    4: (55 / 24, -59 / 24, 37 / 24, -9 / 24),
-}
+
+def adams_bashforth_weights(nodes: list[float], target: float) -> list[float]:
+    """Variable-step Adams-Bashforth weights, newest node first (Hairer, Norsett & Wanner, "Solving
+    ODEs I", sec. III.5, eq. 5.2 with variable steps):
+
+        x(u') - x(u_0) = int_{u_0}^{u'} P(v) dv,  P = the Lagrange interpolant of the directions d_k at u_k,
+        int_{u_0}^{u'} P(v) dv = h sum_k w_k d_k,  w_k = (1/h) int_{u_0}^{u'} L_k(v) dv,  h = u' - u_0.
+
+    In s = (v - u_0)/h (s_k = (u_k - u_0)/h) the w_k are the quadrature weights exact for polynomials
+    of degree < K on [0, 1]: sum_k w_k s_k^j = 1/(j + 1), j = 0..K-1 (a Vandermonde system). On uniform
+    steps (s_k = -k) they are the classical 1; 3/2, -1/2; 23/12, -16/12, 5/12; 55/24, -59/24, 37/24,
+    -9/24 (PNDM eq. 12).
+    """
+    h = target - nodes[0]
+    s = torch.tensor([(u - nodes[0]) / h for u in nodes], dtype=torch.float64)
+    powers = torch.arange(len(nodes), dtype=torch.float64)
+    vandermonde = s[None, :] ** powers[:, None]  # [j, k] = s_k^j
+    return torch.linalg.solve(vandermonde, 1 / (powers + 1)).tolist()
 
 
 @dataclass(frozen=True)
@@ -61,9 +73,10 @@ def classical_scheme(schedule: Schedule) -> Scheme:
     return Scheme(direction=direction, advance=lambda x, f, t, t_next: x + (t_next - t) * f)
 
 
-def _combine(history: list[torch.Tensor], order: int) -> torch.Tensor:
-    """Adams-Bashforth sum of the newest ``order`` directions."""
-    weights = ADAMS_BASHFORTH[order]
+def _combine(history: list[torch.Tensor], nodes: list[float], target: float, order: int) -> torch.Tensor:
+    """Adams-Bashforth sum of the newest ``order`` directions (taken at ``nodes``, oldest first) for
+    the step to ``target``."""
+    weights = adams_bashforth_weights(nodes[::-1][:order], target)
     out = weights[0] * history[-1]
     for k in range(1, order):
         out = out + weights[k] * history[-1 - k]
@@ -108,14 +121,26 @@ def linear_multistep(
     warmup: str | None = None,
 ) -> torch.Tensor:
     """Walk ``grid`` with ``warmup`` steps ("heun": 1 step, "runge-kutta": 3 steps, None: none),
-    then one evaluation per step combined by Adams-Bashforth of order min(max_order, history)."""
+    then one evaluation per step combined by variable-step Adams-Bashforth of order
+    min(max_order, history) (:func:`adams_bashforth_weights`).
+
+    The interpolation variable is the timestep t itself (PNDM eq. 12 is Adams-Bashforth in t), so
+    grids uniform in t (leading, linspace, trailing) get the classical weights. The clean image
+    (:data:`CLEAN`) has no model time; the step into it counts as long as the step before it,
+    u = 2 t_0 - t_1, as PNDM and diffusers treat it on the leading grid (their last step goes to
+    t_0 - T//N).
+    """
     history: list[torch.Tensor] = []
     warm_step, warm_count = WARMUPS[warmup] if warmup else (None, 0)
+    u = list(grid)
+    if u[-1] == CLEAN:
+        u[-1] = 2 * u[-2] - u[-3] if len(u) > 2 else u[-2] - 1
     for i, (t, t_next) in enumerate(zip(grid[:-1], grid[1:], strict=True)):
         if i < warm_count:
             x = warm_step(ev, scheme, x, t, t_next, history)
             continue
         history.append(scheme.direction(x, ev(x, t), t))
         del history[:-max_order]
-        x = scheme.advance(x, _combine(history, min(max_order, len(history))), t, t_next)
+        order = min(max_order, len(history))
+        x = scheme.advance(x, _combine(history, u[i + 1 - order : i + 1], u[i + 1], order), t, t_next)
     return x

@@ -19,7 +19,8 @@ from torchdiffeq import odeint
 
 from pndm.schedules import Schedule
 from pndm.solvers.api import solve
-from pndm.solvers.grid import time_grid
+from pndm.solvers.grid import GridArg, make_grid
+from pndm.solvers.registry import steps_for_nfe
 
 
 class GaussianTestbed:
@@ -130,19 +131,47 @@ def observed_order(steps: list[int], errors: list[float]) -> float:
     return -float((lx * ly).sum() / (lx * lx).sum())
 
 
-def convergence_table(testbed, methods, steps_list, batch: int = 8, seed: int = 0) -> dict[str, list]:
-    """method -> [(NFE, RMSE against the testbed's reference x_0)] for each N in ``steps_list``.
+def convergence_table(testbed, methods, steps_list, batch: int = 8, seed: int = 0,
+                      grid: GridArg = "leading") -> dict[str, list]:
+    """method -> [(NFE, RMSE against the testbed's reference x_0)] for each N in ``steps_list``, on
+    ``grid``. x_T is drawn from the exact marginal at the top of the grid (the same draw for every
+    method) and its reference x_0 is computed once per top."""
+    refs = ReferenceCache(testbed, batch, seed)
+    return {method: [grid_error(refs, method, grid, steps) for steps in steps_list] for method in methods}
 
-    For each N, x_T is drawn from the exact marginal at the top of that N's grid (the same draw
-    for every method) and its reference x_0 is computed once.
-    """
-    starts = []
-    for steps in steps_list:
-        t_top = float(time_grid(steps, testbed.schedule.T)[0])
-        x = testbed.prior(batch, t_top, torch.Generator().manual_seed(seed))
-        starts.append((steps, x, testbed.reference_x0(x, t_top)))
+
+class ReferenceCache:
+    """Start points x_T (the testbed's exact marginal at a grid's top, one seed for all) and their
+    reference x_0, computed once per top timestep."""
+
+    def __init__(self, testbed, batch: int = 8, seed: int = 0):
+        self.testbed, self.batch, self.seed = testbed, batch, seed
+        self._cache: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, t_top: float) -> tuple[torch.Tensor, torch.Tensor]:
+        if t_top not in self._cache:
+            x = self.testbed.prior(self.batch, t_top, torch.Generator().manual_seed(self.seed))
+            self._cache[t_top] = (x, self.testbed.reference_x0(x, t_top))
+        return self._cache[t_top]
+
+
+def grid_error(refs: ReferenceCache, method: str, grid: GridArg, steps: int) -> tuple[int, float]:
+    """(NFE, RMSE against the reference) of one deterministic run on ``grid`` from its top."""
+    t_top = float(make_grid(grid, steps, refs.testbed.schedule)[0])
+    x, ref = refs(t_top)
+    run = solve(refs.testbed.eps, x, method, steps, refs.testbed.schedule, grid=grid)
+    return run.nfe, rmse(run.x0, ref)
+
+
+def accuracy_table(refs: ReferenceCache, methods, grids, nfes) -> dict[tuple[str, str], list]:
+    """(method, grid) -> [(NFE used, RMSE) or None] for each NFE budget in ``nfes``: each run takes
+    the largest N whose NFE fits the budget (None when the method's minimum N does not)."""
     table = {}
     for method in methods:
-        runs = [(solve(testbed.eps, x, method, steps, testbed.schedule), ref) for steps, x, ref in starts]
-        table[method] = [(run.nfe, rmse(run.x0, ref)) for run, ref in runs]
+        for grid in grids:
+            row = []
+            for budget in nfes:
+                steps = steps_for_nfe(method, budget)
+                row.append(None if steps is None else grid_error(refs, method, grid, steps))
+            table[method, grid] = row
     return table

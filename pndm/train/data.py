@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from pndm.errors import PndmError
 
-FASHION_MNIST_DIR = Path("/usr/share/dataset-fashion-mnist")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # where Debian installs dataset-fashion-mnist
 
 
 def read_idx_images(path: Path) -> torch.Tensor:

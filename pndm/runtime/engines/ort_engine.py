@@ -10,8 +10,6 @@ batch size returns the SAME tensor (the solvers and the checker copy what they k
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
@@ -23,20 +21,21 @@ _ORT_TYPES = {
     "tensor(float)": (torch.float32, np.float32),
     "tensor(float16)": (torch.float16, np.float16),
     "tensor(double)": (torch.float64, np.float64),
+    "tensor(int64)": (torch.int64, np.int64),
 }
 
 
 def session_options(threads: int | None = None):
-    """Session options for speed: all graph optimizations, one intra-op thread per core.
-
-    Under torchrun the cores are shared by the processes on this machine (``LOCAL_WORLD_SIZE``).
+    """Session options for speed: all graph optimizations, one intra-op thread per physical core
+    (:func:`pndm.runtime.threads.default_threads`: shared among torchrun processes).
     """
     import onnxruntime as ort
 
+    from pndm.runtime.threads import default_threads
+
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    options.intra_op_num_threads = threads or max(1, (os.cpu_count() or 1) // local_processes)
+    options.intra_op_num_threads = threads or default_threads()
     options.log_severity_level = 3
     return options
 
@@ -49,7 +48,7 @@ def providers_for(device: torch.device) -> list[str]:
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise EngineError(
                 "ONNX Runtime has no CUDA provider: pip install 'pndm[gpu]' (onnxruntime-gpu), "
-                "or use --device cpu"
+                "or use device='cpu'"
             )
         # Run on torch's current stream, so bound CUDA tensors need no extra synchronization.
         options = {
@@ -61,85 +60,70 @@ def providers_for(device: torch.device) -> list[str]:
 
 
 class OrtEngine(Engine):
-    """An ONNX model with inputs ``x``, ``t`` and output ``eps`` (names from the manifest)."""
+    """An ONNX model whose inputs and output are named by the manifest's I/O spec."""
 
     backend = "onnxruntime"
 
-    def __init__(
-        self,
-        info: EngineInfo,
-        device: torch.device,
-        *,
-        input_names=("x", "t"),
-        output_name="eps",
-        threads: int | None = None,
-    ):
+    def __init__(self, info: EngineInfo, device: torch.device, *, threads: int | None = None):
+        super().__init__(info, device)
+        self.threads = threads
+
+    def _open(self) -> None:
         import onnxruntime as ort
 
-        super().__init__(info, device)
         try:
-            self.session = ort.InferenceSession(
-                info.path, sess_options=session_options(threads), providers=providers_for(self.device)
-            )
+            self.session = self._session(ort)
         except EngineError:
             raise
         except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/... types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise EngineError(
-                f"ONNX Runtime cannot load {info.path} ({first}): the file is corrupt or truncated, "
+                f"ONNX Runtime cannot load {self.path} ({first}): the file is corrupt or truncated, "
                 "re-export it"
             ) from e
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name: o for o in self.session.get_outputs()}
-        missing = [n for n in input_names if n not in inputs] + [
-            n for n in (output_name,) if n not in outputs
-        ]
-        if missing:
-            raise EngineError(
-                f"{info.path} has inputs {sorted(inputs)} and outputs {sorted(outputs)}, but its manifest "
-                f"names {list(input_names)} -> {output_name}: the manifest does not belong to this file, "
-                "re-export"
-            )
-        self.x_name, self.t_name = input_names
-        self.out_name = output_name
-        self._check_shape(inputs[self.x_name].shape, "input " + self.x_name)
-        self._check_shape(outputs[self.out_name].shape, "output " + self.out_name)
-        self.x_type = self._ort_type(inputs[self.x_name].type)
-        self.t_type = self._ort_type(inputs[self.t_name].type)
-        self.out_type = self._ort_type(outputs[self.out_name].type)
+        self.check_names(inputs, outputs)
+        x_name, out_name = self.io.input_names[0], self.io.output_name
+        self.check_image_dims(inputs[x_name].shape, "input " + x_name)
+        self.check_image_dims(outputs[out_name].shape, "output " + out_name)
+        self.ort_types = {name: self._ort_type(node.type) for name, node in {**inputs, **outputs}.items()}
+        self.dtypes = {name: dtype for name, (dtype, _) in self.ort_types.items()}
         self.binding = self.session.io_binding()
-        self._outputs: dict[int, torch.Tensor] = {}
+
+    def _close(self) -> None:
+        del self.binding, self.session
+
+    def _session(self, ort):
+        """CPU: through the optimized-graph cache (:mod:`pndm.runtime.engine_cache`), keyed by the
+        file's SHA-256 that the loader verified against the manifest; CUDA: optimized on every load."""
+        options, providers = session_options(self.threads), providers_for(self.device)
+        if self.device.type == "cpu" and self.info.sha256:
+            from pndm.runtime.engine_cache import onnxruntime_session
+
+            return onnxruntime_session(self.path, self.info.sha256, options, providers)
+        return ort.InferenceSession(self.path, sess_options=options, providers=providers)
 
     def _ort_type(self, name: str):
         if name not in _ORT_TYPES:
-            raise EngineError(f"{self.path}: unsupported tensor type {name} (expected float or float16)")
+            raise EngineError(
+                f"{self.path}: unsupported tensor type {name} (expected float, float16 or int64)"
+            )
         return _ORT_TYPES[name]
 
-    def _check_shape(self, shape, what: str) -> None:
-        if len(shape) != 4 or any(
-            isinstance(d, int) and d != e for d, e in zip(shape[1:], self.image_shape, strict=True)
-        ):
-            raise EngineError(
-                f"{self.path}: {what} has shape {shape} but the manifest says (batch, {self.image_shape}): "
-                "the manifest does not belong to this file, re-export"
-            )
-
-    def _bind(self, name: str, tensor: torch.Tensor, element_type, output: bool = False) -> None:
+    def _bind(self, name: str, tensor: torch.Tensor, output: bool = False) -> None:
         device_type = "cuda" if tensor.is_cuda else "cpu"
         device_id = tensor.device.index or 0
         bind = self.binding.bind_output if output else self.binding.bind_input
-        bind(name, device_type, device_id, element_type, tuple(tensor.shape), tensor.data_ptr())
+        bind(name, device_type, device_id, self.ort_types[name][1], tuple(tensor.shape), tensor.data_ptr())
 
-    def run(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        batch = x.shape[0]
-        x_in = x.to(self.x_type[0]).contiguous()
-        t_in = t.to(self.t_type[0]).contiguous()
-        out = self._outputs.get(batch)
-        if out is None:
-            out = torch.empty((batch, *self.image_shape), dtype=self.out_type[0], device=self.device)
-            self._outputs[batch] = out
-        self._bind(self.x_name, x_in, self.x_type[1])
-        self._bind(self.t_name, t_in, self.t_type[1])
-        self._bind(self.out_name, out, self.out_type[1], output=True)
+    def run(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = next(iter(inputs.values())).shape[0]
+        for name, tensor in inputs.items():
+            tensor = tensor.to(self.dtypes[name]).contiguous()
+            inputs[name] = tensor  # keep the converted tensor alive until the run
+            self._bind(name, tensor)
+        out = self.buffer(self.io.output_name, batch)
+        self._bind(self.io.output_name, out, output=True)
         self.session.run_with_iobinding(self.binding)
         return out if out.dtype == torch.float32 else out.float()

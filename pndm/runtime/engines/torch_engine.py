@@ -16,8 +16,14 @@ class TorchEngine(Engine):
 
     def __init__(self, info: EngineInfo, device: torch.device, model: nn.Module):
         super().__init__(info, device)
-        self.model = model.to(self.device, torch.float32).eval()
+        self.model = model
 
-    def run(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _open(self) -> None:
+        self.model = self.model.to(self.device, torch.float32).eval()
+
+    def _close(self) -> None:
+        """The module stays (it came from the caller); only the buffers go."""
+
+    def run(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.inference_mode():
-            return self.model(x, t).float()
+            return self.model(*inputs.values()).float()

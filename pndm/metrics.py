@@ -1,6 +1,7 @@
-"""Comparison math for the checker: eps errors and image agreement.
+"""Comparison math for export verification and the checker: eps errors and image agreement.
 
-- relative L2 error: ||eps_c - eps_r||_2 / ||eps_r||_2 over the whole batch;
+- relative L2 error: ||eps_c - eps_r||_2 / ||eps_r||_2 over the whole batch; for a zero reference
+  it is 0 when the candidate is zero too and +inf otherwise (no error is hidden by a tiny divisor);
 - max abs error: max |eps_c - eps_r|;
 - on 8-bit images: max and mean grey-level difference, the share of pixels within 1 level,
   and PSNR = 10 log10(255^2 / MSE) in dB (infinite for identical images).
@@ -20,6 +21,12 @@ def eps_errors(candidate: torch.Tensor, reference: torch.Tensor) -> tuple[float,
     norm = r.norm().item()
     rel = diff.norm().item() / norm if norm > 0 else (0.0 if diff.norm().item() == 0 else math.inf)
     return rel, diff.abs().max().item()
+
+
+def error_stats(candidate: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """:func:`eps_errors` as ``{"rel_l2": ..., "max_abs": ...}`` (the manifest's verification entries)."""
+    rel, max_abs = eps_errors(candidate, reference)
+    return {"rel_l2": rel, "max_abs": max_abs}
 
 
 def image_agreement(candidate: torch.Tensor, reference: torch.Tensor) -> dict:

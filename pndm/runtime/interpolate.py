@@ -1,0 +1,50 @@
+"""``pndm-run interpolate``: images along the great circle between two seeds' x_T (DDIM sec. 5.3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pndm.cli import debug_option
+from pndm.runtime.cli import DEVICE_HELP, ENGINE_HELP, THREADS_HELP, MethodChoice, clip_x0_option
+
+
+@click.command()
+@click.option("--engine", "engine_path", required=True, help=ENGINE_HELP)
+@click.option("--seeds", nargs=2, type=click.IntRange(min=0), default=(0, 1), show_default=True,
+              help="The two seeds whose x_T are the ends.")
+@click.option("--frames", type=click.IntRange(min=2), default=9, show_default=True,
+              help="Images from one end to the other, both included.")
+@click.option("--method", type=MethodChoice(), default="ddim", show_default=True,
+              help="Solver (deterministic: the image is a function of x_T).")
+@click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True, help="Solver steps N.")
+@click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True, help="Images per call.")
+@clip_x0_option
+@click.option("--out", default="interpolation", show_default=True,
+              help="Output folder: frame_<k>.png, strip.png and run.json.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
+@debug_option
+def interpolate(engine_path, seeds, frames, method, steps, batch, clip_x0, out, device, threads):
+    """Decode spherical interpolations between two seeds' noise x_T into a strip of images."""
+    import torch
+
+    from pndm.images import make_grid, save_png, to_uint8
+    from pndm.runtime.latents import interpolate_seeds
+    from pndm.runtime.loader import load_engine
+    from pndm.runtime.outputs import prepare_out_dir, write_json
+
+    folder = prepare_out_dir(Path(out))
+    if threads:
+        torch.set_num_threads(threads)
+    engine = load_engine(engine_path, device, threads=threads)
+    images = interpolate_seeds(engine, seeds[0], seeds[1], frames, method=method, steps=steps, batch=batch,
+                               clip_x0=clip_x0)
+    pixels = to_uint8(images)
+    for k, image in enumerate(pixels):
+        save_png(image, folder / f"frame_{k:03d}.png")
+    save_png(make_grid(pixels, ncols=frames), folder / "strip.png")
+    write_json({"seeds": list(seeds), "frames": frames, "method": method, "steps": steps, "clip_x0": clip_x0,
+                "interpolation": "slerp", "engine": engine.describe()}, folder / "run.json")
+    click.echo(f"wrote {frames} frames and strip.png to {folder}", err=True)

@@ -1,0 +1,327 @@
+"""``pndm-run tune``: the best sampler for one model and NFE budget, and a time grid tuned for it.
+
+1. A high-accuracy reference solve (iPNDM on the quad grid, :data:`REFERENCE_STEPS` steps) from a few
+   seeds' x_T at t = T-1; its accuracy is estimated against the same solve on the linspace grid.
+2. Every (method, fixed grid) within the NFE budget is measured against it: RMSE and time.
+3. The best method's timesteps are optimised against the reference (:func:`pndm.solvers.tuning.tune_grid`)
+   and compared with the best fixed grid on held-out seeds (their own reference).
+4. The result is saved as a recipe (``recipe.json`` in the engine folder, format ``pndm-recipe/1``):
+   method, steps, NFE, timesteps and the engine's identity, which ``pndm-run sample --recipe FILE``
+   and ``--grid tuned`` use; a recipe made for another engine is refused.
+
+This module also holds the ``--grid`` / ``--recipe`` options that ``sample`` and ``check`` share.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import torch
+
+from pndm.cli import debug_option
+from pndm.errors import PndmError
+
+RECIPE_FORMAT = "pndm-recipe/1"
+RECIPE_NAME = "recipe.json"
+REFERENCE_METHOD, REFERENCE_GRID, REFERENCE_STEPS = "ipndm", "quad", 200
+CHECK_GRID = "linspace"  # the reference's error estimate: the same solve on this grid
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A tuned sampler: ``method`` over ``steps`` explicit ``grid`` timesteps (descending) for one engine."""
+
+    method: str
+    steps: int
+    nfe: int
+    grid: list[float]
+    engine: dict
+    path: str = ""
+
+
+def engine_identity(engine) -> dict:
+    """What a recipe is bound to: the engine file's SHA-256 (or, for a model name, the name), its
+    backend, schedule and image shape."""
+    from pndm.fileio import sha256_file
+
+    path = Path(engine.path)
+    return {
+        "path": str(path),
+        "sha256": sha256_file(path) if path.is_file() else None,
+        "backend": engine.backend,
+        "schedule": engine.schedule_name,
+        "T": engine.T,
+        "image_shape": list(engine.image_shape),
+    }
+
+
+def _same_engine(recorded: dict, current: dict) -> bool:
+    if recorded.get("sha256") or current.get("sha256"):
+        return recorded.get("sha256") == current.get("sha256")
+    return recorded.get("path") == current.get("path") and recorded.get("backend") == current.get("backend")
+
+
+def default_recipe_path(engine_path: str) -> Path:
+    """``recipe.json`` in the engine's folder (the folder itself, or the folder of an engine file;
+    the current folder for a model name)."""
+    path = Path(engine_path)
+    if path.is_dir():
+        return path / RECIPE_NAME
+    if path.is_file():
+        return path.parent / RECIPE_NAME
+    return Path(RECIPE_NAME)
+
+
+def load_recipe(path: str | Path, engine) -> Recipe:
+    """Read a recipe and check it belongs to ``engine`` (one-line errors)."""
+    from pndm.solvers import METHODS
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PndmError(f"no recipe at {path}: run pndm-run tune --engine ... --nfe K first") from None
+    except (OSError, ValueError) as e:
+        raise PndmError(f"cannot read the recipe {path}: {e}") from None
+    if not isinstance(data, dict) or data.get("format") != RECIPE_FORMAT:
+        raise PndmError(f"{path} is not a pndm recipe (format {RECIPE_FORMAT}): write one with pndm-run tune")
+    try:
+        recipe = Recipe(
+            method=str(data["method"]),
+            steps=int(data["steps"]),
+            nfe=int(data["nfe"]),
+            grid=[float(t) for t in data["grid"]],
+            engine=dict(data["engine"]),
+            path=str(path),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise PndmError(
+            f"the recipe {path} is incomplete or malformed ({e!r}): write it again with pndm-run tune"
+        ) from None
+    if recipe.method not in METHODS or len(recipe.grid) != recipe.steps:
+        raise PndmError(
+            f"the recipe {path} names method {recipe.method!r} with {len(recipe.grid)} timesteps "
+            f"for {recipe.steps} steps: write it again with pndm-run tune"
+        )
+    current = engine_identity(engine)
+    if not _same_engine(recipe.engine, current):
+        raise PndmError(
+            f"the recipe {path} was tuned for another engine ({recipe.engine.get('path')}, sha256 "
+            f"{str(recipe.engine.get('sha256'))[:12]}), not {current['path']}: run pndm-run tune on this one"
+        )
+    return recipe
+
+
+def save_recipe(path: Path, recipe: Recipe, extra: dict) -> None:
+    from pndm.fileio import atomic_write_text
+
+    data = {
+        "format": RECIPE_FORMAT,
+        "method": recipe.method,
+        "steps": recipe.steps,
+        "nfe": recipe.nfe,
+        "grid": recipe.grid,
+        "engine": recipe.engine,
+        **extra,
+        "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+# --- the --grid / --recipe options of sample and check ---
+
+
+def grid_options(f):
+    """``--grid NAME[:VALUE]`` and ``--recipe FILE`` for a sampling command."""
+    from pndm.solvers import GRIDS
+
+    f = click.option(
+        "--recipe",
+        "recipe_path",
+        default=None,
+        help="A recipe from pndm-run tune: its method, steps and tuned timesteps replace "
+        "--method/--steps/--grid.",
+    )(f)
+    return click.option(
+        "--grid",
+        default=None,
+        help=f"Time grid: {', '.join(GRIDS)} (default: the method's, docs/SOLVERS.md). Options as "
+        "NAME:VALUE: quad:POWER (0.5-6, default 2), karras:RHO (1-20, default 7). tuned = the engine "
+        "folder's recipe.json.",
+    )(f)
+
+
+def resolve_grid(
+    engine, engine_path: str, method: str, steps: int, grid: str | None, recipe_path: str | None
+):
+    """(method, steps, grid for the solvers, what to record) from --method/--steps/--grid/--recipe."""
+    from pndm.solvers.grid import parse_grid
+
+    if grid == "tuned" and recipe_path is None:
+        recipe_path = str(default_recipe_path(engine_path))
+    elif grid is not None and recipe_path is not None:
+        raise PndmError("--recipe brings its own tuned grid: drop --grid (or use --grid tuned)")
+    if recipe_path is None:
+        if grid is not None:
+            parse_grid(grid)  # a bad name or option fails before any work
+        return method, steps, grid, grid
+    recipe = load_recipe(recipe_path, engine)
+    return recipe.method, recipe.steps, recipe.grid, f"tuned ({recipe.path})"
+
+
+# --- pndm-run tune ---
+
+
+def _time_solve(eps, x_T, method, steps, schedule, grid):
+    from pndm.solvers import solve
+
+    start = time.perf_counter()
+    run = solve(eps, x_T, method, steps, schedule, grid=grid)
+    return run, time.perf_counter() - start
+
+
+def _reference(engine, x_T, schedule):
+    """High-accuracy x_0 and its estimated error: the difference to the same solve on another grid
+    (linspace), an independent discretisation of the same cost."""
+    from pndm.solvers import solve
+    from pndm.solvers.tuning import rmse
+
+    fine = solve(engine, x_T, REFERENCE_METHOD, REFERENCE_STEPS, schedule, grid=REFERENCE_GRID).x0
+    other = solve(engine, x_T, REFERENCE_METHOD, REFERENCE_STEPS, schedule, grid=CHECK_GRID).x0
+    return fine, rmse(fine, other)
+
+
+@click.command()
+@click.option(
+    "--engine", "engine_path", required=True, help="Engine (file, folder, checkpoint or model name)."
+)
+@click.option(
+    "--nfe", type=click.IntRange(min=2, max=200), required=True, help="Model evaluations per image."
+)
+@click.option(
+    "--seeds",
+    "num_seeds",
+    type=click.IntRange(min=1, max=64),
+    default=4,
+    show_default=True,
+    help="Images the grid is tuned on (one batch).",
+)
+@click.option(
+    "--holdout",
+    type=click.IntRange(min=1, max=64),
+    default=4,
+    show_default=True,
+    help="Other images the tuned grid is checked on.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Tuning images use seeds SEED.., held-out ones the seeds after them.",
+)
+@click.option(
+    "--budget",
+    type=click.IntRange(min=1, max=2000),
+    default=60,
+    show_default=True,
+    help="Solves the timestep search may run.",
+)
+@click.option(
+    "--out",
+    "out_path",
+    default=None,
+    help="Recipe file to write (default: recipe.json in the engine folder).",
+)
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch / ONNX Runtime."
+)
+@debug_option
+def tune(engine_path, nfe, num_seeds, holdout, seed, budget, out_path, device, threads):
+    """Measure every (method, grid) within an NFE budget on this model, tune the best one's timesteps,
+    and save the recipe that pndm-run sample --recipe / --grid tuned uses."""
+    from pndm.runtime.loader import load_engine
+    from pndm.runtime.seeds import image_noise, seed_list
+    from pndm.schedules import make_schedule
+    from pndm.solvers import GRIDS, METHODS, steps_for_nfe
+    from pndm.solvers.tuning import rmse, tune_grid
+
+    if threads:
+        torch.set_num_threads(threads)
+    out = Path(out_path) if out_path else default_recipe_path(engine_path)
+    engine = load_engine(engine_path, device, threads=threads)
+    engine.check_batch(max(num_seeds, holdout))
+    schedule = make_schedule(engine.schedule_name, engine.T)
+    x_T = image_noise(seed_list(seed, num_seeds), engine.image_shape, engine.device)
+    reference, ref_error = _reference(engine, x_T, schedule)
+    click.echo(
+        f"reference: {REFERENCE_METHOD} on {REFERENCE_GRID}, {REFERENCE_STEPS} steps, {num_seeds} seeds "
+        f"(differs from the same on {CHECK_GRID} by RMSE {ref_error:.2e})"
+    )
+    rows = []
+    for method in (m for m, info in METHODS.items() if info.deterministic):
+        steps = steps_for_nfe(method, nfe)
+        if steps is None:
+            continue
+        for grid in (g for g, info in GRIDS.items() if info.build is not None):
+            try:
+                run, seconds = _time_solve(engine, x_T, method, steps, schedule, grid)
+            except PndmError:  # diverged (NaN/Inf from the model): listed last
+                rows.append((float("inf"), method, grid, steps, METHODS[method].nfe(steps), float("nan")))
+                continue
+            rows.append((rmse(run.x0, reference), method, grid, steps, run.nfe, seconds))
+    rows.sort()
+    click.echo(f"\n| method | grid | steps | NFE | RMSE vs reference | seconds ({num_seeds} images) |")
+    click.echo("|---|---|---|---|---|---|")
+    for err, method, grid, steps, used, seconds in rows:
+        click.echo(f"| {method} | {grid} | {steps} | {used} | {err:.3e} | {seconds:.2f} |")
+    best_err, best_method, best_grid, best_steps, best_nfe, _ = rows[0]
+    start_grid = best_grid
+    started = time.perf_counter()
+    points, _, tuned_err = tune_grid(
+        engine, x_T, reference, best_method, best_steps, schedule, start=start_grid, budget=budget
+    )
+    click.echo(
+        f"\ntuned {best_method} from {start_grid} ({budget} solves max, "
+        f"{time.perf_counter() - started:.0f} s): "
+        f"RMSE {tuned_err:.3e} vs best fixed {best_method} on {best_grid} {best_err:.3e} "
+        f"({best_err / tuned_err:.2f}x)"
+    )
+    held_x = image_noise(seed_list(seed + num_seeds, holdout), engine.image_shape, engine.device)
+    held_ref, _ = _reference(engine, held_x, schedule)
+    from pndm.solvers import solve
+
+    held_fixed = rmse(solve(engine, held_x, best_method, best_steps, schedule, grid=best_grid).x0, held_ref)
+    held_tuned = rmse(solve(engine, held_x, best_method, best_steps, schedule, grid=points).x0, held_ref)
+    click.echo(
+        f"held-out seeds ({holdout}): tuned {held_tuned:.3e} vs {best_grid} {held_fixed:.3e} "
+        f"({held_fixed / held_tuned:.2f}x)"
+    )
+    recipe = Recipe(
+        method=best_method, steps=best_steps, nfe=best_nfe, grid=points, engine=engine_identity(engine)
+    )
+    save_recipe(
+        out,
+        recipe,
+        {
+            "tuned_from": start_grid,
+            "error": {
+                "best_fixed": {"grid": best_grid, "rmse": best_err, "holdout": held_fixed},
+                "tuned": {"rmse": tuned_err, "holdout": held_tuned},
+            },
+            "seeds": {"tune": seed_list(seed, num_seeds), "holdout": seed_list(seed + num_seeds, holdout)},
+            "reference": {
+                "method": REFERENCE_METHOD,
+                "grid": REFERENCE_GRID,
+                "steps": REFERENCE_STEPS,
+                "estimated_rmse": ref_error,
+            },
+        },
+    )
+    click.echo(f"wrote {out} (pndm-run sample --engine {engine_path} --recipe {out})")

@@ -1,0 +1,1 @@
+"""Judging samples: Frechet distances of feature statistics (FID, the feature judge), sweeps over NFE."""

@@ -1,0 +1,130 @@
+"""``pndm-run score`` and ``pndm-run sweep`` (registered in ``pndm-run`` by :mod:`pndm.cli`)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from pndm.cli import debug_option
+
+FEATURES_HELP = ("Feature network: 'judge' (pndm's shipped MNIST/Fashion-MNIST judge, 128-d) or "
+                 "'inception' (FID's Inception-v3, needs --inception).")
+INCEPTION_HELP = ("FID Inception weights file (pytorch-fid's pt_inception-2015-12-05-6726825d.pth); "
+                  "implies --features inception. Never downloaded.")
+REFERENCE_HELP = ("Real images: 'mnist', 'fashion-mnist', a folder, an .npz of images, an IDX file, or an "
+                  ".npz of statistics (mu, sigma).")
+
+
+def _threads(threads):
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+@click.command()
+@click.argument("samples")
+@click.option("--reference", required=True, help=REFERENCE_HELP)
+@click.option("--features", type=click.Choice(["judge", "inception"]), default=None, help=FEATURES_HELP)
+@click.option("--inception", type=click.Path(dir_okay=False), default=None, help=INCEPTION_HELP)
+@click.option("--pr/--no-pr", default=True, show_default=True, help="Also precision and recall (k=3).")
+@click.option("--json", "json_path", default=None, help="Also write the report to this JSON file.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
+@debug_option
+def score(samples, reference, features, inception, pr, json_path, threads):
+    """Frechet distance of SAMPLES (a sample folder, .npz or data set) to --reference, with the
+    real-vs-real baseline beside it. Prints JSON."""
+    from pndm.scoring.score import load_image_set, make_featurizer, reference_statistics, score_images
+
+    _threads(threads)
+    featurizer = make_featurizer(features or ("inception" if inception else "judge"), inception)
+    images = load_image_set(samples)
+    ref = reference_statistics(featurizer, reference)
+    report = {"samples": samples, **score_images(images, ref, featurizer, with_pr=pr)}
+    text = json.dumps(report, indent=2)
+    if json_path:
+        from pathlib import Path
+
+        from pndm.fileio import atomic_write_text
+
+        atomic_write_text(Path(json_path), text + "\n")
+    click.echo(text)
+
+
+def _int_list(ctx, param, value):
+    try:
+        numbers = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected comma-separated integers, e.g. 5,10,20,50") from None
+    if not numbers or min(numbers) < 1:
+        raise click.BadParameter(f"{value!r}: expected positive integers")
+    return numbers
+
+
+@click.command()
+@click.option("--engine", "engine_paths", multiple=True, required=True,
+              help="Engine (file, folder, checkpoint or model name); repeat to compare engines of one model.")
+@click.option("--method", "methods", multiple=True, default=("f-pndm", "ddim"), show_default=True,
+              help="Solver; repeat for several.")
+@click.option("--steps", default="5,10,20,50", show_default=True, callback=_int_list,
+              help="Comma-separated step counts N.")
+@click.option("--grid", "grids", multiple=True,
+              help="Time grid (a name of pndm.solvers.GRIDS, e.g. quad, karras:7); repeat for several "
+                   "(default: each method's own).")
+@click.option("-n", "--num", type=click.IntRange(min=2), default=500, show_default=True,
+              help="Images per point (seeds SEED..SEED+num-1, the same at every point).")
+@click.option("--batch", type=click.IntRange(min=1), default=100, show_default=True, help="Images per call.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="First seed.")
+@click.option("--reference", default="mnist", show_default=True, help=REFERENCE_HELP)
+@click.option("--features", type=click.Choice(["judge", "inception"]), default=None, help=FEATURES_HELP)
+@click.option("--inception", type=click.Path(dir_okay=False), default=None, help=INCEPTION_HELP)
+@click.option("--clip-x0/--no-clip-x0", default=False, show_default=True,
+              help="Clip every denoised estimate to [-1, 1] (docs/SOLVERS.md).")
+@click.option("--out", default="sweep", show_default=True,
+              help="Output folder: sweep.json, sweep.md (table), sweep.png (plot).")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
+@debug_option
+def sweep(engine_paths, methods, steps, grids, num, batch, seed, reference, features, inception, clip_x0, out,
+          device, threads, progress):
+    """Frechet distance against NFE for methods and engines of one model: a table and a plot."""
+    from pathlib import Path
+
+    from pndm.errors import PndmError
+    from pndm.fileio import atomic_write_text
+    from pndm.runtime.loader import load_engine
+    from pndm.runtime.outputs import prepare_out_dir
+    from pndm.runtime.seeds import seed_list
+    from pndm.scoring.score import make_featurizer, reference_statistics
+    from pndm.scoring.sweep import format_table, plot, run_sweep
+    from pndm.solvers import METHODS
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise PndmError(f"unknown method {unknown[0]!r}: choose one of {', '.join(sorted(METHODS))}")
+    from pndm.solvers.grid import parse_grid
+
+    for grid in grids:
+        parse_grid(grid)  # a bad name fails before any work
+    _threads(threads)
+    folder = prepare_out_dir(Path(out))
+    featurizer = make_featurizer(features or ("inception" if inception else "judge"), inception)
+    ref = reference_statistics(featurizer, reference)
+    engines = {}
+    for path in engine_paths:
+        engine = load_engine(path, device, threads=threads)
+        engines[f"{Path(path).name} ({engine.precision})"] = engine
+    shapes = {e.image_shape for e in engines.values()}
+    if len(shapes) > 1:
+        raise PndmError(f"the engines take different image shapes {sorted(shapes)}: sweep one model at a "
+                        "time")
+    result = run_sweep(engines, methods, steps, seed_list(seed, num), batch, ref, featurizer,
+                       grids=grids or (None,), clip_x0=clip_x0, progress=progress)
+    table = format_table(result)
+    atomic_write_text(folder / "sweep.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(folder / "sweep.md", table + "\n")
+    plot(result, folder / "sweep.png")
+    click.echo(table)
+    click.echo(f"wrote {folder / 'sweep.md'}, sweep.json, sweep.png", err=True)
