@@ -4,9 +4,10 @@ Each subsystem defines its click commands in its own module (``pndm/export/cli.p
 ``pndm/runtime/cli.py``, ``pndm/train/cli.py``); this module only assembles them,
 importing each lazily so ``--help`` is fast, and turns user errors into one line.
 
-Error policy: a :class:`pndm.errors.PndmError` or an ``OSError`` (a file that is missing, not
-writable, a full disk) prints ``error: <message>`` on stderr and exits with code 2. Any other
-exception, a plain ``ValueError``/``TypeError`` included, is a bug and shows its traceback.
+Error policy: a :class:`pndm.errors.PndmError`, an ``OSError`` (a file that is missing, not
+writable, a full disk), running out of memory or a bad option value prints ``error: <message>`` on
+stderr and exits with code 2. Any other exception, a plain ``ValueError``/``TypeError`` included,
+is a bug and shows its traceback.
 ``--debug`` (on any command) or ``PNDM_DEBUG=1`` shows the full traceback of user errors too.
 
 Library errors speak in API terms: they advise ``name=value`` for a keyword argument. The CLI
@@ -23,7 +24,7 @@ import sys
 
 import click
 
-from pndm.errors import PndmError
+from pndm.errors import PndmError, out_of_memory, user_message
 
 EXIT_USER_ERROR = 2
 USER_ERRORS = (PndmError, OSError)
@@ -79,19 +80,19 @@ def _run_guarded(main, *args, command: click.Command | None = None, **kwargs):
             _reraise_with_flags(e, command)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except click.BadParameter as e:  # a bad option value: one line, like every other user error
+        click.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(EXIT_USER_ERROR)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
         click.echo("Aborted!", err=True)
         sys.exit(1)
-    except USER_ERRORS as e:
-        if _debugging():
+    except Exception as e:
+        if not (isinstance(e, USER_ERRORS) or out_of_memory(e)) or _debugging():
             raise
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if isinstance(e, OSError) and e.strerror:  # "No space left on device: PATH", not "[Errno 28] ..."
-            message = f"{e.strerror}: {e.filename}" if e.filename else e.strerror
-        click.echo(f"error: {message}", err=True)
+        click.echo(f"error: {user_message(e)}", err=True)
         sys.exit(EXIT_USER_ERROR)
 
 

@@ -1,17 +1,25 @@
 """Atomic file output: write to a temporary name in the same folder, then rename.
 
 A crash or an error half-way never leaves a truncated checkpoint, engine or image
-where a user (or the next run) would pick it up.
+where a user (or the next run) would pick it up. Whole folders are published the same way
+(:func:`replace_dir`), under a lock that one writer holds at a time (:func:`folder_lock`),.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import fcntl
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from pndm.errors import PndmError
+from pndm.faults import fault_point
 
 
 def _default_file_mode() -> int:
@@ -26,7 +34,8 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it onto ``final`` on success.
 
     The temporary file is removed if the body raises. Parent folders are created. The final
-    file gets the usual permissions (0o666 less the umask), not mkstemp's private 0o600.
+    file gets the usual permissions (0o666 less the umask), not mkstemp's private 0o600. A file
+    error that names no file (a failed ``write()``, e.g. a full disk) is raised naming ``final``.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -36,7 +45,12 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, _default_file_mode())
+        fault_point("write", final)
         os.replace(tmp, final)
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror, str(final)) from e  # a failed write() names no file
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -58,3 +72,91 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+class FolderBusyError(PndmError):
+    """Another live process holds the lock of an output folder."""
+
+
+def _lock_path(folder: Path) -> Path:
+    return folder.parent / f".{folder.name}.pndm-lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: str = "--out") -> Iterator[Path]:
+    """Hold the lock of ``folder`` (a ``.<name>.pndm-lock`` file beside it) for the body.
+
+    The lock is an ``flock`` on that file, which also holds the holder's pid: the kernel drops it
+    when the holder dies, however it dies, so a stale lock file is simply taken over. A live holder
+    makes this raise :class:`FolderBusyError` naming its pid. The file is removed on release.
+    """
+    folder = Path(folder)
+    lock = _lock_path(folder)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise FolderBusyError(
+                f"{what} {folder}: another pndm process (pid {holder}) is writing there; "
+                f"wait for it or choose another {what}"
+            ) from None
+        try:  # the file we locked may have been released and removed meanwhile: then lock the new one
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield lock
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def replace_dir(staging: Path, final: Path, old: Path) -> None:
+    """Publish the complete folder ``staging`` as ``final``; ``final``'s previous content ends up in ``old``.
+
+    Where the kernel can swap two folders in one step, readers see the previous folder or the new
+    one, never neither. Elsewhere ``final`` is first renamed to ``old``: a crash between the two
+    renames leaves ``old`` for :func:`recover_dir` to put back. The caller removes ``old``.
+    """
+    if final.exists() and _exchange(staging, final):
+        os.replace(staging, old)  # staging now names the previous content
+        return
+    if final.exists():
+        os.replace(final, old)
+        fault_point("publish.between", final)
+    os.replace(staging, final)
+
+
+def recover_dir(final: Path, old: Path) -> None:
+    """After a crash inside :func:`replace_dir`: put ``old`` back if ``final`` is gone, else drop it."""
+    if old.exists() and not final.exists():
+        os.replace(old, final)
+    elif old.exists():
+        shutil.rmtree(old)

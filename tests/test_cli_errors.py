@@ -46,7 +46,9 @@ def test_pndm_error_is_one_line_in_the_commands_flags():
 
 def test_oserror_is_one_line_with_its_file():
     result = invoke("probe", "--raise", "oserror")
-    assert result.exit_code == 2 and result.output.strip() == "error: No space left on device: /out/a.png"
+    assert result.exit_code == 2 and result.output.strip() == (
+        "error: no space left on device: /out/a.png; free space or choose another --out"
+    )
 
 
 @pytest.mark.parametrize("what, kind", [("value", ValueError), ("type", TypeError)])

@@ -1,11 +1,14 @@
 """Engine backends on a tiny exported UNet: ONNX Runtime with I/O binding, error paths of the others."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from runtime_fixtures import TINY, export_tiny_onnx, one_torch_thread, tiny_model  # noqa: F401
 
 from pndm.engine_format import IOSpec, TensorSpec
 from pndm.errors import EngineError
+from pndm.fileio import sha256_file
 from pndm.runtime.engines.base import EngineInfo
 from pndm.runtime.engines.ort_engine import OrtEngine
 from pndm.runtime.engines.torch_engine import TorchEngine
@@ -107,7 +110,8 @@ def test_aoti_corrupt_package_is_an_engine_error(tmp_path):
     bad = tmp_path / "unet.bf16.pt2"
     bad.write_bytes(b"PK\x03\x04 not really a package")
     with pytest.raises(EngineError, match="corrupt, truncated"):
-        AotiEngine(info(bad, "bf16"), torch.device("cpu")).open()
+        checked = replace(info(bad, "bf16"), sha256=sha256_file(bad))
+        AotiEngine(checked, torch.device("cpu"), trust=True).open()
 
 
 def test_tensorrt_without_cuda_is_a_clear_error(tmp_path):

@@ -187,3 +187,12 @@ def test_sweep_writes_table_json_and_plot(tiny_checkpoint, reference_npz, tmp_pa
     assert all(r["fd"] > data["real_vs_real"]["fd"] for r in data["rows"])  # an untrained model
     assert (out / "sweep.md").read_text().count("\n") == 2 + 4 + 1
     assert Image.open(out / "sweep.png").size[0] > 300
+    out = tmp_path / "grids"
+    result = run("sweep", "--engine", str(tiny_checkpoint), "--method", "ddim", "--grid", "quad", "--grid",
+                 "karras:7", "--steps", "3", "-n", "4", "--batch", "4", "--reference", str(reference_npz),
+                 "--out", str(out), "--no-progress")
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert [r["grid"] for r in rows] == ["quad", "karras:7"] and rows[0]["fd"] != rows[1]["fd"]
+    bad = run("sweep", "--engine", str(tiny_checkpoint), "--grid", "nope", "--out", str(tmp_path / "x"))
+    assert bad.exit_code == 2 and "unknown grid" in bad.output

@@ -111,5 +111,5 @@ def test_torchrun_two_cpu_processes(digits_npz, tmp_path):
     state, config = load_checkpoint(out / "ema.safetensors")
     assert config["training"]["world_size"] == 2 and config["training"]["step"] == 4
     build_model("ddpm", config["model"]).load_state_dict(state)
-    train_state, _ = load_checkpoint(out / "train_state.safetensors")
+    train_state, _ = load_checkpoint(out / "current" / "train_state.safetensors")
     assert not torch.equal(train_state["rng.batches.0"], train_state["rng.batches.1"])

@@ -11,16 +11,15 @@
    export of the same model), ``calibration.safetensors``, and for exports of random weights
    ``reference.safetensors`` + ``.json`` (the weights the engines hold, for the checker).
 
-Everything is written into a hidden staging folder inside DIR and moved into place at the end;
-on any error the staging folder is removed, so DIR never holds a half-written or unverified
-file. Files from older runs that this run does not produce are left alone.
+Everything is written into a hidden staging folder beside DIR and published by one folder swap
+(:mod:`pndm.export.publish`): DIR is the previous complete folder or the new complete one, never a
+mix, whatever fails or kills the export; one export at a time writes into DIR. Files from older
+runs that this run does not produce are kept.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,8 +46,10 @@ from pndm.export.aoti import compile_aoti
 from pndm.export.batch import DEFAULT_BATCH, BatchRange, parse_batch
 from pndm.export.onnx_export import DEFAULT_OPSET, check_opset, export_onnx, save_onnx
 from pndm.export.precision import PRECISIONS, check_onnx_policy, engine_module
+from pndm.export.publish import staged_export
 from pndm.export.verify import compare, evaluate, format_table, require_finite, require_fp32_agreement
 from pndm.fileio import sha256_file
+from pndm.trust import record_built
 
 TRT_MODES = ("auto", "on", "off")
 CALIBRATION_FILE = "calibration.safetensors"
@@ -99,35 +100,17 @@ def check_options(options: ExportOptions) -> str | None:
 
 
 def check_out_dir(out: Path) -> None:
-    """Refuse an ``--out`` that is a file, or whose nearest existing parent is not a writable folder."""
+    """Refuse an ``out`` that is a file, or whose parent (nearest existing one) is not a writable folder:
+    the export is staged beside ``out`` and swapped in (:mod:`pndm.export.publish`)."""
+    out = out.absolute()
     if out.exists() and not out.is_dir():
         raise PndmError(f"output directory {out} is a file, not a directory; choose a directory as out=DIR")
-    existing = next(p for p in (out, *out.parents) if p.exists())
+    existing = next(p for p in out.parents if p.exists())
     if not existing.is_dir():
         problem = f"{existing} is a file"
         raise PndmError(f"output directory {out} is not writable ({problem}); choose another out=DIR")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PndmError(f"output directory {out} is not writable (permission denied); choose another out=DIR")
-
-
-def make_staging(out: Path) -> tuple[Path, bool]:
-    """A fresh hidden folder inside ``out`` (created if needed); (staging, whether ``out`` was created)."""
-    check_out_dir(out)
-    created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".pndm-export-", dir=out))
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise PndmError(f"output directory {out} is not writable ({reason}); choose another out=DIR") \
-            from None
-    return staging, created
-
-
-def publish(staging: Path, out: Path, names: list[str]) -> None:
-    """Move the staged files into ``out``; the manifest goes last, so it never names a missing file."""
-    for name in sorted(names, key=lambda n: n == "manifest.json"):
-        os.replace(staging / name, out / name)
 
 
 class _Stages:
@@ -154,6 +137,13 @@ def _verify(path: Path, manifest: Manifest, pairs: CalibrationSet) -> dict:
     return stats
 
 
+def _built(path: Path) -> str:
+    """SHA-256 of a code-carrying engine this export just built, recorded as built here (pndm.trust)."""
+    digest = sha256_file(path)
+    record_built(digest, path)
+    return digest
+
+
 def previous_manifest(out: Path) -> Manifest | None:
     """The manifest an earlier export left in ``out`` (None if there is none or it is unreadable)."""
     try:
@@ -171,8 +161,7 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
     trt_skip = check_options(options)
     stage = _Stages(log)
     out = Path(options.out)
-    staging, created = make_staging(out)
-    try:
+    with staged_export(out) as staging:
         files, notes = [], []
         image_shape = tuple(spec.image_shape)
         manifest = Manifest.new(
@@ -214,7 +203,7 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
             started = time.perf_counter()
             compile_aoti(model, image_shape, options.batch, staging / name)
             seconds = round(time.perf_counter() - started, 1)
-            manifest.engines[name] = EngineEntry("aoti", "bf16", sha256_file(staging / name), device="cpu",
+            manifest.engines[name] = EngineEntry("aoti", "bf16", _built(staging / name), device="cpu",
                                                  extra={"build_seconds": seconds})
             stage(f"verifying {name} on {len(pairs)} calibration pairs")
             manifest.verification[name] = _verify(staging / name, manifest, pairs)
@@ -229,7 +218,7 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
             stage(f"building {name} with TensorRT {caps.version} from {plan.onnx_file}")
             entry = dict(trt_build.build_plan(plan, staging, staging / name, options.timing_cache, log=stage))
             manifest.engines[name] = EngineEntry(entry.pop("kind"), entry.pop("precision"),
-                                                 sha256_file(staging / name), extra=entry)
+                                                 _built(staging / name), extra=entry)
             manifest.versions["tensorrt"] = entry["tensorrt"]
             files.append(name)
         else:
@@ -250,12 +239,5 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
             notes.append(f"{name}: dropped from the manifest (its file is gone or belongs to another model)")
         write_manifest(staging, manifest)
         files.append("manifest.json")
-        publish(staging, out, files)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created and not any(out.iterdir()):
-            out.rmdir()
-        raise
-    shutil.rmtree(staging, ignore_errors=True)
     table = format_table({n: manifest.verification[n] for n in files if n in manifest.verification})
     return ExportResult(out=out, manifest=manifest, files=files, table=table, notes=notes)

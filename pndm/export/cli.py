@@ -77,14 +77,15 @@ def load_source(model: str | None, checkpoint: str | None, random_init: bool, tr
               help="Solver steps per calibration trajectory.")
 @click.option("--calibration-count", type=click.IntRange(min=1), default=2, show_default=True,
               help="Number of calibration trajectories (seeds).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration noise.")
+@click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
+              help="Seed of the calibration noise.")
 @debug_option
 def build(model_name, checkpoint, out, precision, batch_text, opset, trt_mode, timing_cache, lean,
           trt_optimization_level, random_init, trust_pickle, calibration_method, calibration_steps,
           calibration_count, seed):
     """Export a model to ONNX (fp32, fp16), bf16 AOTInductor and TensorRT engines, verified against PyTorch.
 
-    Writes unet.onnx, unet.fp16.onnx / unet.bf16.pt2 / unet.plan as asked, calibration.safetensors
+    Writes unet.onnx, unet.fp16.onnx / unet.bf16.pt2 / unet.<precision>.plan as asked, calibration.safetensors
     and manifest.json into --out, and prints each engine's error per range of t.
     """
     from pndm.export.batch import parse_batch

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from pndm.errors import CheckpointError
 from pndm.fileio import atomic_path, atomic_write_text
@@ -54,8 +54,8 @@ def save_checkpoint(
     header = {str(k): str(v) for k, v in (metadata or {}).items()}
     header[METADATA_KEY] = config_json
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=header)
+    with atomic_path(path) as tmp:  # serialized in memory, so a full disk is an OSError naming the file
+        tmp.write_bytes(save(tensors, metadata=header))
     atomic_write_text(config_path_for(path), config_json + "\n")
     return path
 

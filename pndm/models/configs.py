@@ -26,6 +26,7 @@ import yaml
 from pndm.errors import PndmError
 from pndm.models.ddpm_unet import DDPMUNetConfig
 from pndm.models.iddpm_unet import IDDPMUNetConfig
+from pndm.validate import check_dataclass_values, timesteps
 
 # The `model:` sections of ermongroup/ddim configs/{cifar10,celeba,church,bedroom}.yml (the
 # PNDM repo's config/ddim_*.yml hold the same values); dropout is inert in eval mode.
@@ -72,6 +73,7 @@ def dataclass_from_dict(cls: type, raw: dict[str, Any], what: str):
         raise PndmError(f"{what}: expected a mapping of architecture settings, got {type(raw).__name__}")
     names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in names}
+    check_dataclass_values(cls, kwargs, what)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -119,15 +121,15 @@ def schedule_name(kind: str, beta_start: float | None, beta_end: float | None, w
 def _schedule_from_sections(raw: dict[str, Any], what: str) -> tuple[str | None, int | None]:
     diffusion = raw.get("diffusion")
     if isinstance(diffusion, dict) and "schedule" in diffusion:  # pndm's own
-        return schedule_name(diffusion["schedule"], None, None, what), diffusion.get("T")
+        return schedule_name(diffusion["schedule"], None, None, what), timesteps(diffusion.get("T"), what)
     if isinstance(diffusion, dict) and "beta_schedule" in diffusion:  # ermongroup/ddim YAML
         name = schedule_name(diffusion["beta_schedule"], diffusion.get("beta_start"),
                              diffusion.get("beta_end"), what)
-        return name, diffusion.get("num_diffusion_timesteps")
+        return name, timesteps(diffusion.get("num_diffusion_timesteps"), what)
     sched = raw.get("Schedule")
     if isinstance(sched, dict) and "type" in sched:  # luping-liu/PNDM YAML
         name = schedule_name(sched["type"], sched.get("beta_start"), sched.get("beta_end"), what)
-        return name, sched.get("diffusion_step")
+        return name, timesteps(sched.get("diffusion_step"), what)
     return None, None
 
 

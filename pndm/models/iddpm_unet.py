@@ -13,7 +13,7 @@ interpolation v); ``forward`` returns eps, the first ``in_channels`` of them.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -40,7 +40,7 @@ class IDDPMUNetConfig:
     conv_resample: bool = True
     use_scale_shift_norm: bool = True
     num_heads: int = 4
-    num_heads_upsample: int = 4
+    num_heads_upsample: int = field(default=4, metadata={"minimum": -1})  # -1: same as num_heads
     image_size: int = 32
     dims: int = 2
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import pickle
 import re
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,7 @@ def torch_load(path: Path, allow_pickle: bool = False) -> Any:
             f"{path}: not a readable PyTorch checkpoint ({_weights_only_reason(exc)}); the file is "
             "corrupt, truncated or of another kind: re-download or re-save it"
         ) from None
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # a corrupt pickle stream fails with anything (IndexError, struct.error...)
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint ({_reason(exc)}); the file is corrupt, "
             "truncated or of another kind: re-download or re-save it"
@@ -112,6 +111,11 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path | str
             f"{path}: does not fit the {what} ({'; '.join(parts)}); check the config/architecture"
         )
     for name, ref in expected.items():
+        if ref.is_floating_point() and not state[name].is_floating_point():
+            raise CheckpointError(
+                f"{path}: tensor {name} holds {state[name].dtype} values but the {what} needs floating-point "
+                "weights; this is not a weights file of this model"
+            )
         if tuple(state[name].shape) != tuple(ref.shape):
             raise CheckpointError(
                 f"{path}: tensor {name} has shape {tuple(state[name].shape)} but the {what} expects "

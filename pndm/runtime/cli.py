@@ -14,6 +14,7 @@ import torch
 from pndm.cli import debug_option
 from pndm.errors import PndmError
 from pndm.runtime.tune import grid_options, resolve_grid
+from pndm.validate import Device, FiniteFloat
 
 ENGINE_HELP = (
     "Engine to run: an .onnx / .plan / .pt2 file with manifest.json beside it, an engine folder "
@@ -24,6 +25,11 @@ THREADS_HELP = (
     "processes). On a busy machine 1 can be much faster: OpenMP threads that wait for a taken core spin."
 )
 DEVICE_HELP = "cpu, cuda, cuda:N, or auto (CUDA when available, else CPU; .pt2: the device it was built for)."
+trust_engine_option = click.option(
+    "--trust-engine", is_flag=True, default=False,
+    help="Load a .pt2 package or TensorRT plan that pndm did not build on this machine (they carry native "
+    "code: use only files from a source you trust).",
+)
 
 
 class MethodChoice(click.Choice):
@@ -52,22 +58,6 @@ def _json_safe(value):
     return value
 
 
-@contextlib.contextmanager
-def _output_folder(out: str):
-    """Prepare ``out`` before any work; if the run fails, remove it again if we created it and it is empty."""
-    from pndm.runtime.outputs import prepare_out_dir
-
-    path = Path(out)
-    existed = path.exists()
-    folder = prepare_out_dir(path)
-    try:
-        yield folder
-    except BaseException:
-        if not existed and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
-        raise
-
-
 def _set_threads(threads: int | None) -> int:
     """Set torch's intra-op threads (``threads``, default one per physical core); returns the count."""
     from pndm.runtime.threads import default_threads
@@ -86,10 +76,10 @@ def _device_for_rank(device: str, local_rank: int, world_size: int) -> str:
 def _write_outputs(
     env, folder: Path, fmt: str, engine, my_seeds: list[int], run, options: dict, phases
 ) -> dict | None:
-    """Each rank writes its PNGs; rank 0 gathers everything and writes npz, grid.png, run.json.
+    """Rank 0 gathers every rank's images and writes the PNGs (or npz), grid.png and run.json.
 
     ``phases`` (:class:`pndm.runtime.phases.Phases`) times the writing and goes into run.json.
-    Returns run.json's content on rank 0, None on the other ranks.
+    Returns run.json's content on rank 0, None on the other ranks (which write nothing).
     """
     from pndm.images import to_uint8
     from pndm.runtime.distributed import gather_to_main
@@ -98,9 +88,6 @@ def _write_outputs(
 
     channels, height, width = engine.image_shape
     pixels = to_uint8(run.images) if run else torch.zeros(0, height, width, channels, dtype=torch.uint8)
-    if fmt == "png":
-        with phases.phase("writing"):
-            write_pngs(pixels, my_seeds, folder)
     gathered = gather_to_main(env, (my_seeds, pixels, run.stats() if run else None))
     if not env.is_main:
         return None
@@ -111,6 +98,8 @@ def _write_outputs(
     with phases.phase("writing"):
         if fmt == "npz":
             write_npz(all_pixels, seeds, folder)
+        else:
+            write_pngs(all_pixels, seeds, folder)
         write_grid(all_pixels, folder)
     rank_stats = [part[2] for part in gathered if part[2]]
     wall = max(s["wall_seconds"] for s in rank_stats)
@@ -177,7 +166,7 @@ clip_x0_option = click.option(
 )
 @click.option(
     "--eta",
-    type=click.FloatRange(min=0.0),
+    type=FiniteFloat(min=0.0),
     default=0.0,
     show_default=True,
     help="DDIM stochasticity (0 = deterministic).",
@@ -194,7 +183,7 @@ clip_x0_option = click.option(
     help="png: one seedNNNNNN.png per image; npz: samples.npz (uint8 images + seeds). Both write "
     "grid.png and run.json.",
 )
-@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--device", type=Device(), default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
 @click.option(
     "--cuda-graph/--no-cuda-graph",
@@ -207,10 +196,11 @@ clip_x0_option = click.option(
 @click.option("--save-trajectory", is_flag=True,
               help="Also write trajectory.png: x_t and the denoised estimate at every model evaluation "
                    "for the first 8 images.")
+@trust_engine_option
 @debug_option
 def sample(
     engine_path, method, steps, num, batch, seed, eta, clip_x0, grid, recipe_path, out, fmt, device, threads,
-    cuda_graph, progress, save_trajectory,
+    cuda_graph, progress, save_trajectory, trust_engine,
 ):
     """Sample images from an engine with a PNDM-family solver.
 
@@ -222,13 +212,15 @@ def sample(
     phases = Phases()
     from pndm.runtime.distributed import process_group
     from pndm.runtime.loader import load_engine
+    from pndm.runtime.outputs import staged_output
     from pndm.runtime.sampling import sample_seeds
     from pndm.runtime.seeds import dist_env, seed_list, shard_seeds
 
     env = dist_env()
     all_seeds = seed_list(seed, num)
     my_seeds = shard_seeds(all_seeds, env.rank, env.world_size)
-    with _output_folder(out) as folder, process_group(env):
+    output = staged_output(out) if env.is_main else contextlib.nullcontext()
+    with output as folder, process_group(env):
         threads = _set_threads(threads)
         with phases.phase("load"):
             engine = load_engine(
@@ -236,6 +228,7 @@ def sample(
                 _device_for_rank(device, env.local_rank, env.world_size),
                 cuda_graph=cuda_graph,
                 threads=threads,
+                trust=trust_engine,
             )
         if batch is None:
             from pndm.runtime.threads import default_batch
@@ -285,7 +278,7 @@ def sample(
         return
     seeds = summary["seeds"]
     click.echo(
-        f"wrote {seeds['count']} images to {folder} ({method}, {steps} steps, NFE {summary['nfe']}, "
+        f"wrote {seeds['count']} images to {out} ({method}, {steps} steps, NFE {summary['nfe']}, "
         f"{summary['latency_per_nfe_ms']:.1f} ms per NFE, {summary['images_per_second']:.2f} images/s)",
         err=True,
     )
@@ -312,7 +305,7 @@ def sample(
 )
 @clip_x0_option
 @grid_options
-@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--device", type=Device(), default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
 @click.option(
     "--layerwise",
@@ -323,7 +316,7 @@ def sample(
 )
 @click.option(
     "--layerwise-tol",
-    type=click.FloatRange(min=0.0),
+    type=FiniteFloat(min=0.0),
     default=0.01,
     show_default=True,
     help="Relative L2 error at which a layer counts as diverged (--layerwise).",
@@ -332,6 +325,7 @@ def sample(
     "--json", "json_path", default=None, help="Also write the report as JSON to this file (default: none)."
 )
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
+@trust_engine_option
 @debug_option
 def check(
     engine_path,
@@ -350,6 +344,7 @@ def check(
     layerwise_tol,
     json_path,
     progress,
+    trust_engine,
 ):
     """Check that an engine's eps and samples match the PyTorch fp32 reference. Exit code 0 pass, 1 fail."""
     from pndm.runtime.checker import check_engine, format_report
@@ -364,7 +359,7 @@ def check(
 
         prepare_out_dir(Path(json_path).parent)
     threads = _set_threads(threads)
-    candidate = load_engine(engine_path, device, threads=threads)
+    candidate = load_engine(engine_path, device, threads=threads, trust=trust_engine)
     candidate.check_batch(min(batch, num))
     method, steps, grid, _ = resolve_grid(candidate, engine_path, method, steps, grid, recipe_path)
     ref = find_reference(candidate, reference, candidate.device, threads=threads)

@@ -27,7 +27,7 @@ def _run_all_tensors(path: Path, feed: dict) -> tuple[dict, list[str]]:
         from polygraphy.backend.onnx import BytesFromOnnx, ModifyOutputs, OnnxFromPath
         from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     except ImportError as e:
-        raise EngineError("--layerwise needs Polygraphy: pip install 'pndm[trt]' (or polygraphy)") from e
+        raise EngineError("layerwise=True needs Polygraphy: pip install 'pndm[trt]' (or polygraphy)") from e
 
     marked = ModifyOutputs(
         OnnxFromPath(str(path), external_data_dir=str(path.parent)), outputs=constants.MARK_ALL
@@ -84,7 +84,7 @@ def fp32_onnx_for(candidate: Engine, reference: str | None) -> Path:
     for name, entry in engines.items():
         if entry.kind == "onnx" and entry.precision == "fp32":
             return Path(candidate.path).parent / name
-    raise EngineError("--layerwise needs an fp32 ONNX to compare with: pass --reference unet.onnx")
+    raise EngineError("layerwise=True needs an fp32 ONNX to compare with: pass reference=unet.onnx")
 
 
 def layerwise_for_check(
@@ -93,7 +93,7 @@ def layerwise_for_check(
     """``--layerwise`` for a checked engine: it must be an ONNX file."""
     if candidate.backend != "onnxruntime":
         raise EngineError(
-            f"--layerwise compares ONNX graphs, but {candidate.path} is a {candidate.backend} engine: "
+            f"layerwise=True compares ONNX graphs, but {candidate.path} is a {candidate.backend} engine: "
             "check unet.fp16.onnx instead"
         )
     return compare_layers(

@@ -10,7 +10,9 @@
 Engine files need the ``manifest.json`` written beside them by ``pndm-export``; its recorded
 SHA-256 must match the file (a truncated or swapped file is refused before it is run), and the
 file's inputs/outputs must match what the manifest says. The manifest is read and validated by
-:mod:`pndm.engine_format`, which export and runtime share.
+:mod:`pndm.engine_format`, which export and runtime share. ``.pt2`` packages and TensorRT plans
+carry native code: they load only if this machine's pndm built them or ``trust=True``
+(:mod:`pndm.trust`).
 """
 
 from __future__ import annotations
@@ -94,8 +96,11 @@ def open_engine(
     *,
     cuda_graph: bool = True,
     threads: int | None = None,
+    trust: bool = False,
 ) -> Engine:
-    """The opened engine for the engine file ``path`` described by ``manifest`` (checked against it)."""
+    """The opened engine for the engine file ``path`` described by ``manifest`` (checked against it).
+
+    ``trust``: load a ``.pt2`` / ``.plan`` this machine's pndm did not build (:mod:`pndm.trust`)."""
     path = Path(path)
     kind = kind_of(path)
     info = engine_info(path, manifest)
@@ -107,7 +112,7 @@ def open_engine(
         dev = resolve_device(built_for if device in (None, "auto") else device)
         if dev.type != torch.device(built_for).type:
             raise EngineError(f"{path} was compiled for {built_for}, not {dev}: use device='{built_for}'")
-        return AotiEngine(info, dev).open()
+        return AotiEngine(info, dev, trust=trust).open()
     dev = resolve_device(device, kind)
     if kind == "onnx":
         from pndm.runtime.engines.ort_engine import OrtEngine
@@ -115,7 +120,7 @@ def open_engine(
         return OrtEngine(info, dev, threads=threads).open()
     from pndm.runtime.engines.trt_engine import TrtEngine
 
-    return TrtEngine(info, dev, cuda_graph=cuda_graph).open()
+    return TrtEngine(info, dev, cuda_graph=cuda_graph, trust=trust).open()
 
 
 def load_engine(
@@ -124,12 +129,15 @@ def load_engine(
     *,
     cuda_graph: bool = True,
     threads: int | None = None,
+    trust: bool = False,
 ) -> Engine:
     """Load an engine file, engine directory, checkpoint or model name as an opened eps callable
     (see module doc); use it as a context manager, or call ``close()``, to release it.
 
     ``cuda_graph``: TensorRT only. ``threads``: ONNX Runtime's intra-op threads on the CPU
     (default: one per core); the torch and AOTInductor backends use torch's thread count.
+    ``trust``: load a ``.pt2`` package or TensorRT plan that this machine's pndm did not build
+    (they carry native code; see :mod:`pndm.trust`).
     """
     path = Path(path)
     if path.is_dir() and (path / MANIFEST_NAME).is_file():
@@ -138,4 +146,4 @@ def load_engine(
         return load_torch_model(path, device)
     if not path.is_file():
         raise EngineError(f"engine file not found: {path}")
-    return open_engine(path, read_manifest(path), device, cuda_graph=cuda_graph, threads=threads)
+    return open_engine(path, read_manifest(path), device, cuda_graph=cuda_graph, threads=threads, trust=trust)

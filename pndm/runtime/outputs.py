@@ -1,30 +1,51 @@
 """Writing a sampling run: one PNG per image (or one .npz), ``grid.png`` and ``run.json``.
 
-Everything goes through :func:`pndm.fileio.atomic_path`, and the output folder is checked for
-writability before any sampling starts, so an error never leaves half a run behind.
+A run is all or nothing (:func:`staged_output`): its files are written into a staging folder
+beside ``--out`` and published at the end by one folder swap, so ``--out`` holds either its
+previous complete content or the new complete run, never a mix, and an interrupted run leaves
+nothing behind (a killed run's staging folder is removed by the next run into that ``--out``).
+One run at a time writes to an ``--out`` (:func:`pndm.fileio.folder_lock`). A reused ``--out`` is
+replaced whole, so no image of an older run stays beside the new ``run.json``; an ``--out`` that
+holds files pndm did not write is refused rather than deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import glob
 import io
 import json
 import os
 import platform
+import re
+import shutil
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pndm.errors import PndmError
-from pndm.fileio import atomic_path, atomic_write_text
+from pndm.errors import PndmError, os_error_message
+from pndm.faults import fault_point
+from pndm.fileio import (
+    atomic_path,
+    atomic_write_text,
+    folder_lock,
+    recover_dir,
+    replace_dir,
+)
 from pndm.images import make_grid, save_png
 
 GRID_MAX_IMAGES = 64  # grid.png shows the first 64 seeds; every image is still written on its own
+# What a sampling run writes into --out (and the temporary names of pndm's earlier versions).
+_NAMES = r"(seed\d{6,}\.png|grid\.png|run\.json|samples\.npz|trajectory\.png)"
+RUN_FILES = re.compile(rf"^({_NAMES}|\.{_NAMES}\.\w+\.tmp|\.pndm-write-test)$")
 
 
 def prepare_out_dir(out: str | os.PathLike) -> Path:
-    """Create ``out`` if needed and prove it is writable (before sampling, not after)."""
+    """Create ``out`` if needed and prove it is writable (before the work, not after)."""
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -32,10 +53,73 @@ def prepare_out_dir(out: str | os.PathLike) -> Path:
             pass
         (out / ".pndm-write-test").unlink()
     except OSError as e:
-        raise PndmError(
-            f"cannot write to the output folder {out} ({e.strerror or e}): choose a writable --out"
-        ) from e
+        raise _unwritable(out, e) from e
     return out
+
+
+def _unwritable(out: Path, e: OSError) -> PndmError:
+    if e.errno in (errno.ENOSPC, errno.EROFS):
+        return PndmError(os_error_message(e))
+    return PndmError(f"cannot write to the output folder {out} ({e.strerror or e}): choose a writable --out")
+
+
+def _check_run_folder(out: Path) -> None:
+    """Refuse an existing ``out`` that is not a sampling run's folder (pndm never deletes foreign files)."""
+    if not out.is_dir():
+        raise PndmError(f"--out {out}: exists and is not a folder; choose another --out")
+    foreign = sorted(p.name for p in out.iterdir() if not RUN_FILES.match(p.name))
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise PndmError(
+            f"--out {out} holds files a sampling run does not write ({foreign[0]}{more}); "
+            "choose an empty or new --out"
+        )
+
+
+def _clean_stale(out: Path) -> None:
+    """Remove staging folders of runs that died, and undo a swap a crash interrupted (lock held)."""
+    for stale in out.parent.glob(f".{glob.escape(out.name)}.pndm-staging-*"):
+        shutil.rmtree(stale)
+    for old in out.parent.glob(f".{glob.escape(out.name)}.pndm-old-*"):
+        recover_dir(out, old)
+
+
+@contextlib.contextmanager
+def staged_output(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty staging folder for a run into ``out``; publish it as ``out`` if the body succeeds.
+
+    Before the body: take ``out``'s lock, clean up after dead runs, and check that an existing
+    ``out`` holds only a sampling run's files. On any error or interrupt the staging folder (and
+    any parent folder this call created) is removed and ``out`` is left as it was.
+    """
+    out = Path(out).resolve()
+    created = [p for p in out.parents if not p.exists()]  # innermost first
+    staging = out.parent / f".{out.name}.pndm-staging-{os.getpid()}"
+    try:
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(folder_lock(out))
+                _clean_stale(out)
+                if out.exists():
+                    _check_run_folder(out)
+                staging.mkdir()
+            except OSError as e:
+                raise _unwritable(out, e) from e
+            try:
+                yield staging
+                fault_point("sample.publish", out)
+                old = out.parent / f".{out.name}.pndm-old-{os.getpid()}"
+                replace_dir(staging, out, old)
+                if old.exists():
+                    shutil.rmtree(old)
+            finally:
+                if staging.exists():
+                    shutil.rmtree(staging)
+    except BaseException:
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def image_name(seed: int) -> str:

@@ -15,6 +15,8 @@ import torch
 
 from pndm.errors import PndmError
 
+SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes an unsigned 64-bit seed
+
 
 def seed_list(seed: int, num: int) -> list[int]:
     """Seeds S, S+1, ..., S+num-1."""
@@ -22,6 +24,8 @@ def seed_list(seed: int, num: int) -> list[int]:
         raise PndmError(f"--num must be at least 1, got {num}")
     if seed < 0:
         raise PndmError(f"--seed must be non-negative, got {seed}")
+    if seed + num - 1 > SEED_MAX:
+        raise PndmError(f"--seed {seed}: seeds up to SEED+num-1 must fit in 64 bits (at most {SEED_MAX})")
     return list(range(seed, seed + num))
 
 

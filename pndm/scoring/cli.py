@@ -69,6 +69,9 @@ def _int_list(ctx, param, value):
               help="Solver; repeat for several.")
 @click.option("--steps", default="5,10,20,50", show_default=True, callback=_int_list,
               help="Comma-separated step counts N.")
+@click.option("--grid", "grids", multiple=True,
+              help="Time grid (a name of pndm.solvers.GRIDS, e.g. quad, karras:7); repeat for several "
+                   "(default: each method's own).")
 @click.option("-n", "--num", type=click.IntRange(min=2), default=500, show_default=True,
               help="Images per point (seeds SEED..SEED+num-1, the same at every point).")
 @click.option("--batch", type=click.IntRange(min=1), default=100, show_default=True, help="Images per call.")
@@ -84,7 +87,7 @@ def _int_list(ctx, param, value):
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
 @debug_option
-def sweep(engine_paths, methods, steps, num, batch, seed, reference, features, inception, clip_x0, out,
+def sweep(engine_paths, methods, steps, grids, num, batch, seed, reference, features, inception, clip_x0, out,
           device, threads, progress):
     """Frechet distance against NFE for methods and engines of one model: a table and a plot."""
     from pathlib import Path
@@ -101,6 +104,10 @@ def sweep(engine_paths, methods, steps, num, batch, seed, reference, features, i
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise PndmError(f"unknown method {unknown[0]!r}: choose one of {', '.join(sorted(METHODS))}")
+    from pndm.solvers.grid import parse_grid
+
+    for grid in grids:
+        parse_grid(grid)  # a bad name fails before any work
     _threads(threads)
     folder = prepare_out_dir(Path(out))
     featurizer = make_featurizer(features or ("inception" if inception else "judge"), inception)
@@ -113,8 +120,8 @@ def sweep(engine_paths, methods, steps, num, batch, seed, reference, features, i
     if len(shapes) > 1:
         raise PndmError(f"the engines take different image shapes {sorted(shapes)}: sweep one model at a "
                         "time")
-    result = run_sweep(engines, methods, steps, seed_list(seed, num), batch, ref, featurizer, clip_x0=clip_x0,
-                       progress=progress)
+    result = run_sweep(engines, methods, steps, seed_list(seed, num), batch, ref, featurizer,
+                       grids=grids or (None,), clip_x0=clip_x0, progress=progress)
     table = format_table(result)
     atomic_write_text(folder / "sweep.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(folder / "sweep.md", table + "\n")

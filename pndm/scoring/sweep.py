@@ -21,20 +21,24 @@ def _to_nchw_uint8(images):
 
 
 def run_sweep(engines: dict[str, object], methods: Iterable[str], steps: Iterable[int], seeds: list[int],
-              batch: int, reference: Reference, featurizer: Featurizer, *, clip_x0: bool = False,
-              progress: bool = True) -> dict:
-    """Rows ``{engine, method, steps, nfe, fd, precision, recall, seconds}`` and the baseline."""
+              batch: int, reference: Reference, featurizer: Featurizer, *,
+              grids: Iterable[str | None] = (None,), clip_x0: bool = False, progress: bool = True) -> dict:
+    """Rows ``{engine, method, grid, steps, nfe, fd, precision, recall, seconds}`` and the baseline.
+
+    ``grids``: names from :data:`pndm.solvers.GRIDS` (None: each method's default grid).
+    """
     from pndm.runtime.sampling import sample_seeds
 
     rows = []
     for label, engine in engines.items():
         for method in methods:
-            for n in steps:
-                run = sample_seeds(engine, seeds, method=method, steps=n, batch=batch, clip_x0=clip_x0,
-                                   progress=progress, desc=f"{label} {method} {n}")
-                result = compare(featurizer(_to_nchw_uint8(run.images)), reference)
-                rows.append({"engine": label, "method": method, "steps": n, "nfe": run.nfe, **result,
-                             "seconds": run.wall_seconds})
+            for grid in grids:
+                for n in steps:
+                    run = sample_seeds(engine, seeds, method=method, steps=n, batch=batch, clip_x0=clip_x0,
+                                       grid=grid, progress=progress, desc=f"{label} {method} {n}")
+                    result = compare(featurizer(_to_nchw_uint8(run.images)), reference)
+                    rows.append({"engine": label, "method": method, "grid": grid or "default", "steps": n,
+                                 "nfe": run.nfe, **result, "seconds": run.wall_seconds})
     return {"rows": rows, "real_vs_real": real_vs_real(reference, len(seeds)), "clip_x0": clip_x0,
             "features": featurizer.name, "num_samples": len(seeds), "reference": reference.source}
 
@@ -42,16 +46,17 @@ def run_sweep(engines: dict[str, object], methods: Iterable[str], steps: Iterabl
 def format_table(result: dict) -> str:
     """A Markdown table of the rows, the baseline in its last line."""
     has_pr = any("precision" in r for r in result["rows"])
-    head = "| engine | method | steps | NFE | FD |" + (" precision | recall |" if has_pr else "")
+    head = "| engine | method | grid | steps | NFE | FD |" + (" precision | recall |" if has_pr else "")
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for r in result["rows"]:
-        line = f"| {r['engine']} | {r['method']} | {r['steps']} | {r['nfe']:g} | {r['fd']:.3f} |"
+        line = (f"| {r['engine']} | {r['method']} | {r['grid']} | {r['steps']} | {r['nfe']:g} | "
+                f"{r['fd']:.3f} |")
         if has_pr:
             line += f" {r.get('precision', float('nan')):.3f} | {r.get('recall', float('nan')):.3f} |"
         lines.append(line)
     base = result["real_vs_real"]
     if base:
-        line = f"| real vs real | | | | {base['fd']:.3f} |"
+        line = f"| real vs real | | | | n = {result['num_samples']} | {base['fd']:.3f} |"
         if has_pr:
             line += f" {base['precision']:.3f} | {base['recall']:.3f} |"
         lines.append(line)
@@ -66,22 +71,28 @@ def plot(result: dict, path: Path, title: str | None = None) -> None:
         raise PndmError("the sweep plot needs matplotlib: pip install 'pndm[plot]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     from pndm.fileio import atomic_path
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    curves: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    curves: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
     for r in result["rows"]:
-        curves.setdefault((r["engine"], r["method"]), []).append((r["nfe"], r["fd"]))
-    several_engines = len({engine for engine, _ in curves}) > 1
-    for (engine, method), points in curves.items():
+        curves.setdefault((r["engine"], r["method"], r["grid"]), []).append((r["nfe"], r["fd"]))
+    several_engines = len({key[0] for key in curves}) > 1
+    for (engine, method, grid), points in curves.items():
         points.sort()
-        label = f"{method} ({engine})" if several_engines else method
+        label = method + (f" {grid} grid" if grid != "default" else "")
+        label += f" ({engine})" if several_engines else ""
         ax.plot(*zip(*points, strict=True), marker="o", label=label)
     if result["real_vs_real"]:
         ax.axhline(result["real_vs_real"]["fd"], color="grey", linestyle="--", label="real vs real")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(plain)
     ax.set_xlabel("NFE (model evaluations per image)")
     ax.set_ylabel(f"Frechet distance ({result['features']} features)")
     clip = ", --clip-x0" if result["clip_x0"] else ""

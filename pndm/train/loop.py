@@ -6,15 +6,16 @@ Objective (Ho et al. 2020, Eq. 14, "L_simple"):
 EMA (DDIM/PNDM repos): ema <- d * ema + (1 - d) * theta after every step, with the warm-up
 d_k = min(d, (1 + k) / (10 + k)) so that short runs still average sensibly.
 
-State saved every ``checkpoint_every`` steps and at the end, atomically, in ``out``:
-``model.safetensors`` (raw weights) and ``ema.safetensors`` (EMA weights), both pndm checkpoints
-that ``pndm.models.load`` reads, and ``train_state.safetensors`` (optimizer moments, step,
-RNG states) for ``--resume``, which continues bit for bit as an uninterrupted run would.
+State saved every ``checkpoint_every`` steps and at the end, as one unit (:mod:`pndm.train.checkpoints`)
+in ``out``: ``model.safetensors`` (raw weights) and ``ema.safetensors`` (EMA weights), both pndm
+checkpoints that ``pndm.models.load`` reads, and ``train_state.safetensors`` (optimizer moments, step,
+RNG states) for ``--resume``, which continues bit for bit as an uninterrupted run would. A resumed
+run must keep the settings that decide its numbers (:data:`RUN_FIELDS`), unless told otherwise.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -25,10 +26,12 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from pndm.errors import PndmError
-from pndm.models import build_model, load_checkpoint, save_checkpoint
+from pndm.models import build_model, load_checkpoint
 from pndm.schedules import make_schedule
+from pndm.train.checkpoints import holds_run, read_unit, write_unit
 from pndm.train.data import fit_resolution, load_images, to_model_range
-from pndm.train.presets import resolve_arch
+from pndm.train.presets import CHANGEABLE_FIELDS, RUN_FIELDS, resolve_arch
+from pndm.validate import available_device
 
 
 @dataclass
@@ -54,6 +57,8 @@ class TrainConfig:
     t_focus: str | None = None
 
 
+
+
 def _rank_and_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
@@ -63,7 +68,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, device: str = "cpu"):
         self.config = config
-        self.device = torch.device(device)
+        self.device = available_device(device)
         self.rank, self.world = _rank_and_world()
         self.out = Path(config.out)
         self.model_config = resolve_arch(config.arch)
@@ -75,6 +80,7 @@ class Trainer:
         if len(images) == 0:
             raise PndmError(f"--data {config.data}: no images found")
         self.images = images  # uint8, scaled per batch to keep memory small
+        self.data_sha256 = hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()
 
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.model = build_model("ddpm", self.model_config).to(self.device)
@@ -152,7 +158,8 @@ class Trainer:
             "architecture": "ddpm",
             "model": {k: list(v) if isinstance(v, tuple) else v for k, v in self.model_config.items()},
             "diffusion": {"schedule": self.config.schedule, "T": self.config.T},
-            "training": {**asdict(self.config), "step": self.step, "world_size": self.world},
+            "training": {**asdict(self.config), "step": self.step, "world_size": self.world,
+                         "data_sha256": self.data_sha256},
         }
 
     def _batch_rng_states(self) -> list[torch.Tensor]:
@@ -165,30 +172,39 @@ class Trainer:
         return gathered
 
     def save(self) -> None:
+        """Write model, EMA and training state as one checkpoint unit and make it the run's current one."""
         rng_states = self._batch_rng_states()  # collective: every rank takes part
         if self.rank != 0:
             return
-        config = self._checkpoint_config()
-        save_checkpoint(self.out / "model.safetensors", self.model.state_dict(), config)
-        save_checkpoint(self.out / "ema.safetensors", self.ema, config)
         state = {"step": torch.tensor(self.step), "rng.torch": torch.get_rng_state()}
         state.update({f"rng.batches.{rank}": s for rank, s in enumerate(rng_states)})
         for i, param_state in self.optimizer.state_dict()["state"].items():
             for key, value in param_state.items():
                 state[f"optim.{i}.{key}"] = torch.as_tensor(value)
-        save_checkpoint(self.out / "train_state.safetensors", state, config)
+        parts = {"model": self.model.state_dict(), "ema": self.ema, "train_state": state}
+        write_unit(self.out, self.step, parts, self._checkpoint_config())
 
-    def resume(self) -> None:
-        """Restore model, EMA, optimizer, step and RNG states from ``out``."""
-        state_path = self.out / "train_state.safetensors"
-        if not state_path.is_file():
-            raise PndmError(f"--resume: no {state_path}; start without --resume or point --out at a run")
-        model_state, _ = load_checkpoint(self.out / "model.safetensors")
+    def check_new_run(self) -> None:
+        """Refuse to start a run in a folder that already holds one (it would be overwritten)."""
+        if holds_run(self.out):
+            raise PndmError(
+                f"--out {self.out} already holds a training run; continue it with --resume "
+                "or choose a new --out"
+            )
+
+    def resume(self, allow_change: tuple[str, ...] = ()) -> None:
+        """Restore model, EMA, optimizer, step and RNG states from the run's current checkpoint.
+
+        Refuses (one line) a checkpoint whose files are not one unit, and a run whose settings in
+        RUN_FIELDS differ from the saved ones, except the fields named in ``allow_change``.
+        """
+        step, parts = read_unit(self.out)
+        model_state, saved = parts["model"]
+        self._check_same_run(saved, allow_change)
         self.model.load_state_dict(model_state)
-        self.ema, _ = load_checkpoint(self.out / "ema.safetensors")
-        self.ema = {k: v.to(self.device) for k, v in self.ema.items()}
-        state, _ = load_checkpoint(state_path)
-        self.step = int(state["step"])
+        self.ema = {k: v.to(self.device) for k, v in parts["ema"][0].items()}
+        state = parts["train_state"][0]
+        self.step = step
         torch.set_rng_state(state["rng.torch"])
         saved_world = sum(key.startswith("rng.batches.") for key in state)
         if saved_world != self.world:
@@ -203,26 +219,48 @@ class Trainer:
                 _, index, name = key.split(".", 2)
                 optim_state["state"].setdefault(int(index), {})[name] = value.to(self.device)
         self.optimizer.load_state_dict(optim_state)
+        if self.config.steps <= self.step:
+            raise PndmError(
+                f"--steps {self.config.steps}: the run in {self.out} is already at step {self.step}; "
+                "--steps is the total, give a larger one"
+            )
+
+    def _check_same_run(self, saved: dict, allow_change: tuple[str, ...]) -> None:
+        training = saved.get("training", {})
+        now = {**asdict(self.config), "arch": self._checkpoint_config()["model"], "data": self.data_sha256}
+        before = {**training, "arch": saved.get("model"), "data": training.get("data_sha256")}
+        if before["data"] is None:  # a run saved before data hashes: compare the --data value
+            now["data"], before["data"] = self.config.data, training.get("data")
+        for option, field in RUN_FIELDS.items():
+            if option in allow_change or now[field] == before.get(field):
+                continue
+            if option in ("arch", "data"):
+                detail = 'the model config differs' if option == 'arch' else 'the training images differ'
+            else:
+                detail = f"saved {before.get(field)!r}, now {now[field]!r}"
+            hint = f" (or --allow-change {option})" if option in CHANGEABLE_FIELDS else ""
+            raise PndmError(
+                f"--resume: --{option} differs from the run in {self.out} ({detail}); "
+                f"pass the run's value{hint} or start a new --out"
+            )
 
     # ---- the run --------------------------------------------------------------------------
     def run(self, on_sample=None) -> None:
         cfg = self.config
         self.out.mkdir(parents=True, exist_ok=True)
-        if self.rank == 0:
-            (self.out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=self.rank != 0,
-                   dynamic_ncols=True)
-        while self.step < cfg.steps:
-            loss = self.train_step()
-            if not math.isfinite(loss):
-                raise PndmError(f"loss became {loss} at step {self.step}; lower --lr or check the data")
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
-                self.save()
-            if on_sample and cfg.sample_every and self.step % cfg.sample_every == 0 and self.rank == 0:
-                on_sample(self)
-        bar.close()
+        # The context closes the bar (ending its line) before an error is printed, so that stays one line.
+        with tqdm(total=cfg.steps, initial=self.step, desc="train", disable=self.rank != 0,
+                  dynamic_ncols=True) as bar:
+            while self.step < cfg.steps:
+                loss = self.train_step()
+                if not math.isfinite(loss):
+                    raise PndmError(f"loss became {loss} at step {self.step}; lower --lr or check the data")
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                    self.save()
+                if on_sample and cfg.sample_every and self.step % cfg.sample_every == 0 and self.rank == 0:
+                    on_sample(self)
 
 
 def _parse_t_focus(value: str | None, T: int) -> tuple[int, float] | None:

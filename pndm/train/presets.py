@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pndm.errors import PndmError
-from pndm.models.configs import DDPM_CONFIGS
+from pndm.models.configs import DDPM_CONFIGS, model_config, read_config_file
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # The embedded default model: MNIST digits at their native 28x28 (1.6M parameters).
@@ -20,6 +17,14 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
                    dropout=0.0, in_channels=1, resolution=28, resamp_with_conv=True),
 }
 
+# Settings a resumed run must share with the run it continues, by option name (``--allow-change`` lifts
+# the check for all but arch and data); "arch" is compared as the resolved model config, "data" as a
+# hash of the training images.
+RUN_FIELDS = {"arch": "arch", "data": "data", "schedule": "schedule", "timesteps": "T", "lr": "lr",
+              "batch": "batch", "warmup": "warmup", "ema": "ema", "loss": "loss", "grad-clip": "grad_clip",
+              "seed": "seed", "bf16": "bf16", "t-focus": "t_focus"}
+CHANGEABLE_FIELDS = tuple(name for name in RUN_FIELDS if name not in ("arch", "data"))
+
 
 def resolve_arch(arch: str) -> dict[str, Any]:
     """The DDPM model config for ``--arch``: a preset, an original named config, or a JSON/YAML file."""
@@ -29,7 +34,9 @@ def resolve_arch(arch: str) -> dict[str, Any]:
         return dict(DDPM_CONFIGS[arch])
     path = Path(arch)
     if path.suffix in (".json", ".yml", ".yaml") and path.is_file():
-        raw = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
-        return dict(raw.get("model", raw))
+        raw = read_config_file(path)
+        section = raw.get("model", raw)
+        model_config("ddpm", section, f"--arch {arch}")  # refuses bad values here, in one line
+        return dict(section)
     valid = ", ".join([*TRAIN_PRESETS, *DDPM_CONFIGS])
     raise PndmError(f"--arch {arch}: not a known config ({valid}) nor a JSON/YAML config file")

@@ -1,12 +1,17 @@
 """AOTInductor engine: a ``.pt2`` package (``pndm-export``'s bf16 CPU engine, or a CUDA package).
 
-Loaded with torch's C++ AOTInductor runner (:func:`pndm.runtime.engine_cache.aoti_runner`: the
-CPU library is extracted once into the engine cache; no ``torch._inductor`` import): compiled code
-and weights only, no model code and no unpickling. The package takes float32 ``x``/``t``; whatever
-precision it computes in inside, the engine returns float32 eps.
+Compiled code and weights, no model code and no unpickling; but the compiled code is a shared
+library, so the package loads only if this machine's pndm built it or the caller trusts it
+(:mod:`pndm.trust`), and what loads comes from the checked bytes: the CPU library extracted from
+them into the verified engine cache, or a private copy of them
+(:func:`pndm.runtime.engine_cache.aoti_runner`). Run by torch's C++ AOTInductor runner, without
+importing ``torch._inductor``. The package takes float32 ``x``/``t``; whatever precision it computes
+in inside, the engine returns float32 eps.
 """
 
 from __future__ import annotations
+
+import shutil
 
 import torch
 
@@ -18,11 +23,11 @@ class AotiEngine(Engine):
     backend = "aoti"
 
     def _open(self) -> None:
-        from pndm.fileio import sha256_file
         from pndm.runtime.engine_cache import aoti_runner
 
+        data = self.checked_bytes("aoti")
         try:
-            self.runner = aoti_runner(self.path, self.info.sha256 or sha256_file(self.path), self.device)
+            self.runner, self._private = aoti_runner(data, self.info.sha256, self.device)
         except Exception as e:  # zip, shared-object and metadata errors all mean the same to a user
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise EngineError(
@@ -32,6 +37,8 @@ class AotiEngine(Engine):
 
     def _close(self) -> None:
         del self.runner
+        if self._private is not None:
+            shutil.rmtree(self._private, ignore_errors=True)
 
     def run(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.inference_mode():

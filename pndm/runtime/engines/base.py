@@ -3,6 +3,10 @@
 The contract (docs/CONTRACTS.md): ``engine(x, t) -> eps`` with ``x`` (B, C, H, W) float32 and
 ``t`` (B,) float32 timestep indices in [0, T-1]; the result is float32 with ``x``'s shape.
 
+Engines that carry native code (AOTInductor packages, TensorRT plans) load the bytes they checked:
+:meth:`Engine.checked_bytes` reads the file once, compares its SHA-256 with the manifest's and applies
+:mod:`pndm.trust` to that hash, so a file swapped after the check is never what runs.
+
 Life cycle: a backend's :meth:`Engine._open` acquires what it runs on (a session, a deserialized
 plan, a loaded package), :meth:`Engine._close` releases it. :func:`pndm.runtime.load_engine` returns
 an opened engine; ``with load_engine(...) as engine:`` closes it at the end, and so does
@@ -14,8 +18,10 @@ on every call with the same batch size, so callers that keep an eps must copy it
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -43,8 +49,9 @@ class Engine:
 
     backend = "base"
 
-    def __init__(self, info: EngineInfo, device: torch.device):
+    def __init__(self, info: EngineInfo, device: torch.device, *, trust: bool = False):
         self.info = info
+        self.trust = trust  # load a code-carrying file this machine did not build (pndm.trust)
         self.path = info.path
         self.image_shape = tuple(info.image_shape)
         self.schedule_name = info.schedule_name
@@ -117,6 +124,21 @@ class Engine:
             shape = [batch if d == "batch" else int(d) for d in spec.shape]
             self._buffers[key] = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
         return self._buffers[key]
+
+    def checked_bytes(self, kind: str) -> bytes:
+        """The engine file's bytes, read once, whose SHA-256 is the manifest's and passes the trust rule
+        for ``kind`` (:func:`pndm.trust.require_trusted`)."""
+        from pndm.trust import require_trusted
+
+        data = Path(self.path).read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != self.info.sha256:
+            raise EngineError(
+                f"{self.path} does not match the SHA-256 in its manifest: the file is truncated, corrupt "
+                "or was replaced; re-export it with pndm-export build"
+            )
+        require_trusted(self.path, kind, digest, self.trust)
+        return data
 
     def check_batch(self, batch: int) -> None:
         """Raise an :class:`EngineError` naming the profile if ``batch`` is outside it."""

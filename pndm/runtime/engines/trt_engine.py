@@ -13,8 +13,6 @@ checked first.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from pndm.errors import EngineError
@@ -70,16 +68,17 @@ def deserialize_plan(trt, logger, data: bytes, path: str):
 class TrtEngine(Engine):
     backend = "tensorrt"
 
-    def __init__(self, info: EngineInfo, device: torch.device, *, cuda_graph: bool = True):
-        super().__init__(info, device)
+    def __init__(self, info: EngineInfo, device: torch.device, *, cuda_graph: bool = True,
+                 trust: bool = False):
+        super().__init__(info, device, trust=trust)
         self.cuda_graph = cuda_graph
 
     def _open(self) -> None:
         if self.device.type != "cuda" or not torch.cuda.is_available():
             raise EngineError(f"{self.path} is a TensorRT plan and needs a CUDA device: run on a GPU machine")
+        data = self.checked_bytes("tensorrt")
         trt = import_tensorrt()
         self.logger = trt.Logger(trt.Logger.WARNING)
-        data = Path(self.path).read_bytes()
         self.runtime, self.engine = deserialize_plan(trt, self.logger, data, self.path)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
