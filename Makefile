@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test demo lint bench gpu-check clean
 
 install: $(STAMP)
 
@@ -33,6 +33,14 @@ lint: install
 
 bench: install
 	$(PY) bench/bench_sampling.py
+
+# On a machine with an NVIDIA GPU and PyTorch (CUDA) but no internet: installs nothing new (pndm itself
+# into the Python that has torch, without dependencies), runs the GPU tests and the GPU benchmark and
+# writes build/gpu-check/gpu_check.json + gpu_check.md. GPU_PY: that Python (default python3).
+GPU_PY ?= python3
+gpu-check:
+	$(GPU_PY) -m pip install --quiet -e . --no-deps --no-build-isolation
+	$(GPU_PY) bench/gpu_check.py --out build/gpu-check
 
 clean:
 	rm -rf build $(VENV)

@@ -21,8 +21,8 @@ ENGINE_HELP = (
     "(its unet.onnx), or a checkpoint / diffusers folder / model name (PyTorch fp32)."
 )
 THREADS_HELP = (
-    "CPU threads for torch and ONNX Runtime (default: one per core). On a busy machine 1 can be much "
-    "faster: OpenMP threads that wait for a taken core spin."
+    "CPU threads for torch and ONNX Runtime (default: one per physical core, shared among torchrun "
+    "processes). On a busy machine 1 can be much faster: OpenMP threads that wait for a taken core spin."
 )
 DEVICE_HELP = "cpu, cuda, cuda:N, or auto (CUDA when available, else CPU; .pt2: the device it was built for)."
 trust_engine_option = click.option(
@@ -58,9 +58,13 @@ def _json_safe(value):
     return value
 
 
-def _set_threads(threads: int | None) -> None:
-    if threads:
-        torch.set_num_threads(threads)
+def _set_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads (``threads``, default one per physical core); returns the count."""
+    from pndm.runtime.threads import default_threads
+
+    threads = threads or default_threads()
+    torch.set_num_threads(threads)
+    return threads
 
 
 def _device_for_rank(device: str, local_rank: int, world_size: int) -> str:
@@ -70,14 +74,16 @@ def _device_for_rank(device: str, local_rank: int, world_size: int) -> str:
 
 
 def _write_outputs(
-    env, folder: Path, fmt: str, engine, my_seeds: list[int], run, options: dict
+    env, folder: Path, fmt: str, engine, my_seeds: list[int], run, options: dict, phases
 ) -> dict | None:
     """Rank 0 gathers every rank's images and writes the PNGs (or npz), grid.png and run.json.
 
+    ``phases`` (:class:`pndm.runtime.phases.Phases`) times the writing and goes into run.json.
     Returns run.json's content on rank 0, None on the other ranks (which write nothing).
     """
     from pndm.images import to_uint8
     from pndm.runtime.distributed import gather_to_main
+    from pndm.runtime.engine_cache import take_cache_events
     from pndm.runtime.outputs import versions, write_grid, write_json, write_npz, write_pngs
 
     channels, height, width = engine.image_shape
@@ -89,11 +95,12 @@ def _write_outputs(
     order = sorted(range(len(seeds)), key=seeds.__getitem__)
     all_pixels = torch.cat([part[1] for part in gathered])[order]
     seeds = [seeds[i] for i in order]
-    if fmt == "npz":
-        write_npz(all_pixels, seeds, folder)
-    else:
-        write_pngs(all_pixels, seeds, folder)
-    write_grid(all_pixels, folder)
+    with phases.phase("writing"):
+        if fmt == "npz":
+            write_npz(all_pixels, seeds, folder)
+        else:
+            write_pngs(all_pixels, seeds, folder)
+        write_grid(all_pixels, folder)
     rank_stats = [part[2] for part in gathered if part[2]]
     wall = max(s["wall_seconds"] for s in rank_stats)
     summary = {
@@ -106,6 +113,8 @@ def _write_outputs(
         "world_size": env.world_size,
         **({"ranks": rank_stats} if env.world_size > 1 else {}),
         "format": fmt,
+        "phases": phases.to_dict(),
+        "cache": take_cache_events(),
         "engine": engine.describe(),
         "versions": versions(),
         "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -149,9 +158,9 @@ clip_x0_option = click.option(
 @click.option(
     "--batch",
     type=click.IntRange(min=1),
-    default=16,
-    show_default=True,
-    help="Images per engine call; must lie in the engine's batch profile.",
+    default=None,
+    help="Images per engine call; must lie in the engine's batch profile. Default: all images in one "
+    "call where the profile allows (at most 64 on the CPU).",
 )
 @click.option(
     "--seed",
@@ -186,7 +195,8 @@ clip_x0_option = click.option(
     "--cuda-graph/--no-cuda-graph",
     default=True,
     show_default=True,
-    help="TensorRT: capture each batch size into a CUDA graph after one warm-up.",
+    help="On CUDA: capture the whole sampling loop (model calls and solver updates) into one CUDA graph "
+    "per batch size, for deterministic fixed-step methods; otherwise TensorRT captures each call.",
 )
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 @click.option("--save-trajectory", is_flag=True,
@@ -203,6 +213,9 @@ def sample(
     Works under ``torchrun --nproc_per_node=K``: the seeds are split across ranks and rank 0
     writes grid.png and run.json.
     """
+    from pndm.runtime.phases import Phases
+
+    phases = Phases()
     from pndm.runtime.distributed import process_group
     from pndm.runtime.loader import load_engine
     from pndm.runtime.outputs import staged_output
@@ -214,15 +227,20 @@ def sample(
     my_seeds = shard_seeds(all_seeds, env.rank, env.world_size)
     output = staged_output(out) if env.is_main else contextlib.nullcontext()
     with output as folder, process_group(env):
-        _set_threads(threads)
-        engine = load_engine(
-            engine_path,
-            _device_for_rank(device, env.local_rank, env.world_size),
-            cuda_graph=cuda_graph,
-            threads=threads,
-            trust=trust_engine,
-        )
+        threads = _set_threads(threads)
+        with phases.phase("load"):
+            engine = load_engine(
+                engine_path,
+                _device_for_rank(device, env.local_rank, env.world_size),
+                cuda_graph=cuda_graph,
+                threads=threads,
+                trust=trust_engine,
+            )
         engine.set_class_label(class_label)
+        if batch is None:
+            from pndm.runtime.threads import default_batch
+
+            batch = default_batch(max(len(my_seeds), 1), engine.batch_range, engine.device.type)
         engine.check_batch(min(batch, num))
         method, steps, grid, grid_name = resolve_grid(engine, engine_path, method, steps, grid, recipe_path)
         recorder = None
@@ -230,6 +248,12 @@ def sample(
             from pndm.runtime.latents import TrajectoryRecorder
 
             recorder = TrajectoryRecorder(engine)
+        from pndm.runtime.graph_loop import capturable
+
+        graph_loop = (
+            cuda_graph and engine.device.type == "cuda" and recorder is None
+            and not capturable(method, eta=eta, clip_x0=clip_x0)
+        )
         run = (
             sample_seeds(
                 engine,
@@ -242,14 +266,21 @@ def sample(
                 grid=grid,
                 eps=recorder,
                 progress=progress and env.is_main,
+                graph_loop=graph_loop,
             )
             if my_seeds
             else None
         )
+        if run:
+            phases.add("warm_up", run.first_call_seconds)
+            phases.add("sampling", run.wall_seconds - run.first_call_seconds)
         if recorder is not None:
-            recorder.save_strip(folder / "trajectory.png", run.images)
-        summary = _write_outputs(env, folder, fmt, engine, my_seeds, run, {"eta": eta, "clip_x0": clip_x0,
-                                                                              "grid": grid_name})
+            with phases.phase("writing"):
+                recorder.save_strip(folder / "trajectory.png", run.images)
+        options = {
+            "eta": eta, "clip_x0": clip_x0, "grid": grid_name, "graph_loop": graph_loop, "threads": threads,
+        }
+        summary = _write_outputs(env, folder, fmt, engine, my_seeds, run, options, phases)
     if summary is None:
         return
     seeds = summary["seeds"]
@@ -336,7 +367,7 @@ def check(
         from pndm.runtime.outputs import prepare_out_dir
 
         prepare_out_dir(Path(json_path).parent)
-    _set_threads(threads)
+    threads = _set_threads(threads)
     candidate = load_engine(engine_path, device, threads=threads, trust=trust_engine)
     candidate.check_batch(min(batch, num))
     method, steps, grid, _ = resolve_grid(candidate, engine_path, method, steps, grid, recipe_path)

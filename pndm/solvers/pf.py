@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torchdiffeq import odeint
 
 from pndm.schedules import Schedule
 from pndm.solvers.evaluator import EpsEvaluator
@@ -35,6 +34,8 @@ def probability_flow(
     """Adaptive dopri5 in log sigma with rtol = atol = ``tol`` from t = grid[0] to t = 0, then a DDIM step."""
     t_top, t_low = grid[0], grid[-2]
     if t_top > t_low:
+        from torchdiffeq import odeint  # here, not at the top: it imports scipy (~1 s) for pf only
+
         ab_top, ab_low = alpha_bar_at(schedule, t_top), alpha_bar_at(schedule, t_low)
 
         sigma_top, sigma_low = sigma_of(ab_top), sigma_of(ab_low)

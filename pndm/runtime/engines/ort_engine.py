@@ -10,8 +10,6 @@ batch size returns the SAME tensor (the solvers and the checker copy what they k
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
@@ -28,16 +26,16 @@ _ORT_TYPES = {
 
 
 def session_options(threads: int | None = None):
-    """Session options for speed: all graph optimizations, one intra-op thread per core.
-
-    Under torchrun the cores are shared by the processes on this machine (``LOCAL_WORLD_SIZE``).
+    """Session options for speed: all graph optimizations, one intra-op thread per physical core
+    (:func:`pndm.runtime.threads.default_threads`: shared among torchrun processes).
     """
     import onnxruntime as ort
 
+    from pndm.runtime.threads import default_threads
+
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    options.intra_op_num_threads = threads or max(1, (os.cpu_count() or 1) // local_processes)
+    options.intra_op_num_threads = threads or default_threads()
     options.log_severity_level = 3
     return options
 
@@ -74,9 +72,7 @@ class OrtEngine(Engine):
         import onnxruntime as ort
 
         try:
-            self.session = ort.InferenceSession(
-                self.path, sess_options=session_options(self.threads), providers=providers_for(self.device)
-            )
+            self.session = self._session(ort)
         except EngineError:
             raise
         except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/... types
@@ -97,6 +93,16 @@ class OrtEngine(Engine):
 
     def _close(self) -> None:
         del self.binding, self.session
+
+    def _session(self, ort):
+        """CPU: through the optimized-graph cache (:mod:`pndm.runtime.engine_cache`), keyed by the
+        file's SHA-256 that the loader verified against the manifest; CUDA: optimized on every load."""
+        options, providers = session_options(self.threads), providers_for(self.device)
+        if self.device.type == "cpu" and self.info.sha256:
+            from pndm.runtime.engine_cache import onnxruntime_session
+
+            return onnxruntime_session(self.path, self.info.sha256, options, providers)
+        return ort.InferenceSession(self.path, sess_options=options, providers=providers)
 
     def _ort_type(self, name: str):
         if name not in _ORT_TYPES:

@@ -108,7 +108,8 @@ class TrtEngine(Engine):
             raise EngineError(f"TensorRT failed to run {self.path} (see the TensorRT log above)")
 
     def _launch(self, batch: int) -> None:
-        if not self.cuda_graph:
+        # inside a capture of the whole sampling loop (pndm.runtime.graph_loop) the enqueue is captured
+        if not self.cuda_graph or torch.cuda.is_current_stream_capturing():
             self._enqueue(batch)
             return
         graph = self._graphs.get(batch)

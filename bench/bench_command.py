@@ -1,0 +1,244 @@
+"""Whole-command CPU benchmark: ``pndm-run sample`` against a script running diffusers' PNDMPipeline.
+
+What a user waits for, from the shell: interpreter start, imports, loading, sampling, writing PNGs.
+Same CIFAR-10 DDPM UNet architecture on both sides (35.7M parameters, random weights, seed 0;
+speed does not depend on training), equal NFE (F-PNDM with S steps = PNDMPipeline with S steps =
+S + 9 model calls), all images in one batch.
+
+1. ``pndm-export build --model cifar10 --random-init --precision bf16 --trt off`` (fp32
+   ``unet.onnx`` + bf16 ``unet.bf16.pt2``) and a diffusers ``UNet2DModel`` of that architecture;
+2. ``pndm-run check`` on the bf16 engine (the fastest CPU engine must pass it);
+3. a cold-cache first run of every command (also the warm-up; the engine cache under
+   ``<work>/cache/engines`` is emptied first), then ``--rounds`` rounds, each
+   running every (command, image count) once, interleaved round-robin so a shared machine's
+   changing load hits all alike; median, min and max per command, and the ratio to diffusers;
+4. a roofline line: the measured matmul peak (bf16, fp32) of this machine and the share of it each
+   runner's sampling phase reaches at 12.44 GFLOP per image per model call.
+
+    python bench/bench_command.py --work build/bench-command --json build/bench-command/results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from gpu_check import CIFAR10_CONFIG, GFLOP_PER_IMAGE_NFE
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def machine() -> dict:
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+    flags = fields.get("Flags", "").split()
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[:3]
+    return {
+        "cpu": fields.get("Model name", "?").strip(),
+        "cpus": fields.get("CPU(s)", "?").strip(),
+        "flags": [flag for flag in FLAGS if flag in flags],
+        "torch": torch.__version__,
+        "load_average_at_start": load,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 1024, seconds: float = 1.5) -> float:
+    """Best GFLOP/s of an n x n matmul over a few ``seconds`` windows (torch's thread count)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.matmul(a, b)
+    best = 0.0
+    for _ in range(3):
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 3:
+            torch.matmul(a, b)
+            count += 1
+        best = max(best, 2 * n**3 * count / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def prepare(work: Path, env: dict) -> tuple[Path, Path]:
+    engines, unet_dir = work / "engines", work / "diffusers-unet"
+    if not (engines / "unet.bf16.pt2").is_file():
+        cmd = [str(BIN / "pndm-export"), "build", "--model", "cifar10", "--random-init", "--precision",
+               "bf16", "--batch", "1:4:64", "--trt", "off", "--out", str(engines)]
+        log(" ".join(cmd))
+        subprocess.run(cmd, check=True, env=env)
+    if not (unet_dir / "config.json").is_file():
+        from diffusers import UNet2DModel
+
+        torch.manual_seed(0)
+        UNet2DModel(**CIFAR10_CONFIG).save_pretrained(unet_dir)
+    return engines, unet_dir
+
+
+def commands(engines: Path, unet_dir: Path, steps: int, threads: int | None) -> dict:
+    """key -> (runner label, argv builder (num, out) -> list, precision of its matmuls)."""
+    thread_args = ["--threads", str(threads)] if threads else []
+
+    def pndm(engine: str):
+        return lambda num, out: [
+            str(BIN / "pndm-run"), "sample", "--engine", str(engines / engine), "--method", "f-pndm",
+            "--steps", str(steps), "-n", str(num), "--out", str(out), "--no-progress", *thread_args,
+        ]
+
+    def diffusers(num, out):
+        return [sys.executable, str(REPO / "bench" / "diffusers_pndm.py"), "--unet", str(unet_dir),
+                "--steps", str(steps), "-n", str(num), "--out", str(out), *thread_args]
+
+    return {
+        "pt2": ("pndm-run sample: AOTInductor bf16 (.pt2)", pndm("unet.bf16.pt2"), "bf16"),
+        "onnx": ("pndm-run sample: ONNX Runtime fp32", pndm("unet.onnx"), "fp32"),
+        "diffusers": ("diffusers PNDMPipeline script (fp32 eager)", diffusers, "fp32"),
+    }
+
+
+def run_once(argv: list[str], out: Path, env: dict) -> dict:
+    """Wall seconds of one command, and its own phase record (run.json or the script's JSON line)."""
+    start = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{argv[:3]} failed: {done.stderr.strip()[-2000:]}")
+    if (out / "run.json").is_file():
+        record = json.loads((out / "run.json").read_text())
+        phases, cache = record["phases"], [e["status"] for e in record.get("cache", [])]
+    else:
+        phases, cache = json.loads(done.stdout.strip().splitlines()[-1]), []
+    return {"wall": wall, "phases": phases, "cache": cache}
+
+
+def summarize(runs: dict, nfe: int, peaks: dict, kinds: dict) -> list[dict]:
+    rows = []
+    for (name, num), items in runs.items():
+        walls = [r["wall"] for r in items["warm"]]
+        sampling = statistics.median(
+            r["phases"]["sampling"] + r["phases"].get("warm_up", 0) for r in items["warm"]
+        )
+        rows.append({
+            "runner": name, "images": num, "nfe": nfe, "median_s": statistics.median(walls),
+            "min_s": min(walls), "max_s": max(walls), "all_s": walls, "cold_s": items["cold"]["wall"],
+            "cold_phases": items["cold"]["phases"], "cold_cache": items["cold"]["cache"],
+            "phases_median": {k: statistics.median(r["phases"].get(k, 0) for r in items["warm"])
+                              for k in items["warm"][0]["phases"]},
+            "sampling_s": sampling, "images_per_s_sampling": num / sampling,
+            "peak_share": GFLOP_PER_IMAGE_NFE * num * nfe / sampling / peaks[kinds[name]],
+        })
+    for row in rows:
+        base = [r for r in rows if r["images"] == row["images"] and r["runner"].startswith("diffusers")]
+        if base:
+            row["speedup_median"] = base[0]["median_s"] / row["median_s"]
+            row["speedup_per_round"] = [b / a for a, b in zip(row["all_s"], base[0]["all_s"], strict=True)]
+    return rows
+
+
+def _speedup(row: dict) -> str:
+    if "speedup_median" not in row:
+        return "-"
+    pairs = row["speedup_per_round"]
+    return f"{row['speedup_median']:.2f}x ({min(pairs):.2f}-{max(pairs):.2f})"
+
+
+def markdown(rows: list[dict], peaks: dict) -> str:
+    lines = [
+        "| runner | images | NFE | whole command, median s (min-max) | cold cache s | vs diffusers "
+        "(median; per-round range) | sampling s | images/s (sampling) | share of matmul peak |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in sorted(rows, key=lambda r: (r["images"], -r["median_s"])):
+        lines.append(
+            f"| {r['runner']} | {r['images']} | {r['nfe']} | {r['median_s']:.2f} "
+            f"({r['min_s']:.2f}-{r['max_s']:.2f}) "
+            f"| {r['cold_s']:.2f} | {_speedup(r)} | {r['sampling_s']:.2f} | {r['images_per_s_sampling']:.2f} "
+            f"| {100 * r['peak_share']:.0f} % |"
+        )
+    lines.append("")
+    lines.append(f"Matmul peak (1024x1024, this machine, same threads): bf16 {peaks['bf16']:.0f} GFLOP/s, "
+                 f"fp32 {peaks['fp32']:.0f} GFLOP/s; {GFLOP_PER_IMAGE_NFE} GFLOP per image per model call.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, default=REPO / "build" / "bench-command", help="engines, UNet")
+    parser.add_argument("--steps", type=int, default=10, help="F-PNDM / PNDMPipeline steps (default 10)")
+    parser.add_argument("--nums", default="1,4,64", help="image counts, one batch each (default 1,4,64)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds after the cold run (default 3)")
+    parser.add_argument("--threads", type=int, default=None, help="threads for every runner (default theirs)")
+    parser.add_argument("--skip", default="", help="runners to leave out: pt2,onnx,diffusers or e.g. onnx@64")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--no-check", action="store_true", help="skip pndm-run check (run it apart)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = {"machine": machine(), "command": " ".join(["bench/bench_command.py", *(argv or sys.argv[1:])])}
+    # one cache root for the export (its record of the engines it built) and the runs (their caches)
+    env = {**os.environ, "PNDM_CACHE_DIR": str(args.work / "cache")}
+    engines, unet_dir = prepare(args.work, env)
+    nums = [int(n) for n in args.nums.split(",")]
+    cmds = commands(engines, unet_dir, args.steps, args.threads)
+    thread_args = ["--threads", str(args.threads)] if args.threads else []
+    skip = set(args.skip.split(","))
+    check = None
+    if not args.no_check:
+        check = subprocess.run([str(BIN / "pndm-run"), "check", "--engine", str(engines / "unet.bf16.pt2"),
+                                "--steps", str(args.steps), "-n", "4", "--no-progress", *thread_args],
+                               capture_output=True, text=True, env=env)
+    if check is not None:
+        result["check_bf16"] = {"passed": check.returncode == 0, "report": check.stdout.strip().splitlines()}
+        log(f"check unet.bf16.pt2: {'PASS' if check.returncode == 0 else 'FAIL'}")
+    peaks = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
+    log(f"matmul peak: bf16 {peaks['bf16']:.0f}, fp32 {peaks['fp32']:.0f} GFLOP/s")
+    runs: dict = {}
+    shutil.rmtree(args.work / "cache" / "engines", ignore_errors=True)  # the first runs start cold
+    with tempfile.TemporaryDirectory(prefix="pndm-bench-out-") as scratch:
+        for r in range(-1, args.rounds):  # round -1: the cold-cache first runs
+            for num in nums:
+                for key, (name, build, _) in cmds.items():
+                    if key in skip or f"{key}@{num}" in skip:
+                        continue
+                    out = Path(scratch) / f"{len(runs)}-{r}-{num}"
+                    record = run_once(build(num, out), out, env)
+                    slot = runs.setdefault((name, num), {"cold": None, "warm": []})
+                    if r < 0:
+                        slot["cold"] = record
+                    else:
+                        slot["warm"].append(record)
+                    log(f"round {r + 1}: {name}, {num} images: {record['wall']:.2f} s")
+                    if args.json:  # raw records so far, in case the run has to be cut short
+                        partial = [{"runner": k[0], "images": k[1], **v} for k, v in runs.items()]
+                        args.json.parent.mkdir(parents=True, exist_ok=True)
+                        args.json.with_suffix(".partial.json").write_text(json.dumps(partial, indent=1))
+    peaks_end = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
+    peaks = {k: max(peaks[k], peaks_end[k]) for k in peaks}
+    with open("/proc/loadavg") as f:
+        result["machine"]["load_average_at_end"] = f.read().split()[:3]
+    nfe = args.steps + 9
+    result["matmul_peak_gflops"] = peaks
+    result["timings"] = summarize(runs, nfe, peaks, {name: kind for name, _, kind in cmds.values()})
+    result["markdown"] = markdown(result["timings"], peaks)
+    print(result["markdown"])
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

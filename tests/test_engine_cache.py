@@ -1,0 +1,117 @@
+"""Engine load caches (pndm.runtime.engine_cache): reused when intact, rebuilt when not."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from runtime_fixtures import (  # noqa: F401
+    export_tiny_onnx,
+    make_engine_dir,
+    one_torch_thread,
+    tiny_model,
+    write_manifest,
+)
+
+from pndm.runtime.engine_cache import ENTRY_RECORD, cached_folder, take_cache_events
+from pndm.runtime.loader import load_engine
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("PNDM_CACHE_DIR", str(tmp_path / "cache"))
+    take_cache_events()
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def engine_dir(tmp_path_factory):
+    return make_engine_dir(tmp_path_factory.mktemp("engine"))
+
+
+def _statuses():
+    return [(e["kind"], e["status"]) for e in take_cache_events()]
+
+
+def _eps(engine):
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    return engine(x, torch.tensor([10.0, 700.0])).clone()
+
+
+def test_second_load_uses_the_optimized_graph(engine_dir, cache_dir):
+    first = _eps(load_engine(engine_dir / "unet.onnx", "cpu", threads=1))
+    assert _statuses() == [("onnxruntime", "built")]
+    (entry,) = (cache_dir / "engines" / "onnxruntime").iterdir()
+    assert (entry / "optimized.onnx").is_file() and (entry / ENTRY_RECORD).is_file()
+    second = _eps(load_engine(engine_dir / "unet.onnx", "cpu", threads=1))
+    assert _statuses() == [("onnxruntime", "hit")]
+    torch.testing.assert_close(second, first, rtol=0, atol=1e-6)
+
+
+def test_a_tampered_entry_is_rebuilt_not_used(engine_dir, cache_dir):
+    reference = _eps(load_engine(engine_dir / "unet.onnx", "cpu", threads=1))
+    (entry,) = (cache_dir / "engines" / "onnxruntime").iterdir()
+    optimized = entry / "optimized.onnx"
+    optimized.write_bytes(optimized.read_bytes()[:1000])  # truncated: ORT would fail on it
+    take_cache_events()
+    again = _eps(load_engine(engine_dir / "unet.onnx", "cpu", threads=1))
+    (event,) = take_cache_events()
+    assert (event["status"], event["reason"]) == ("rebuilt", "optimized.onnx changed")
+    torch.testing.assert_close(again, reference, rtol=0, atol=1e-6)
+
+
+def test_a_changed_source_gets_its_own_entry(engine_dir, tmp_path, cache_dir):
+    load_engine(engine_dir / "unet.onnx", "cpu", threads=1)
+    other = tmp_path / "other"
+    other.mkdir()
+    export_tiny_onnx(tiny_model(seed=1), other / "unet.onnx")
+    write_manifest(other, {"unet.onnx": {"kind": "onnx", "precision": "fp32", "opset": 17}}, reference=None)
+    take_cache_events()
+    load_engine(other / "unet.onnx", "cpu", threads=1)
+    assert _statuses() == [("onnxruntime", "built")]
+    assert len(list((cache_dir / "engines" / "onnxruntime").iterdir())) == 2
+
+
+@pytest.mark.parametrize("damage", ["extra file", "record edited", "record missing"])
+def test_cached_folder_rebuilds_on_any_mismatch(cache_dir, damage):
+    def build(folder):
+        (folder / "a.bin").write_bytes(b"abc")
+        return "built"
+
+    folder, value = cached_folder("test", "k1", build)
+    assert value == "built" and (folder / "a.bin").read_bytes() == b"abc"
+    assert cached_folder("test", "k1", build) == (folder, None)
+    if damage == "extra file":
+        (folder / "b.bin").write_bytes(b"x")
+    elif damage == "record edited":
+        record = json.loads((folder / ENTRY_RECORD).read_text())
+        record["key"] = "k2"
+        (folder / ENTRY_RECORD).write_text(json.dumps(record))
+    else:
+        (folder / ENTRY_RECORD).unlink()
+    assert cached_folder("test", "k1", build) == (folder, "built")
+    assert [e["status"] for e in take_cache_events()] == ["built", "hit", "rebuilt"]
+    assert not (folder / "b.bin").exists()
+    shutil.rmtree(folder)
+
+
+def test_aoti_package_without_a_single_library_goes_through_a_private_copy(tmp_path, monkeypatch):
+    """Such a package (CUDA cubins, weights beside the library) is not cached; its private copy of the
+    checked bytes is removed when loading fails."""
+    import io
+    import tempfile
+    import zipfile
+
+    from pndm.runtime.engine_cache import aoti_runner
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as package:
+        package.writestr("unet/data/aotinductor/model/a.so", b"not a library")
+        package.writestr("unet/data/weights/w.bin", b"\0" * 8)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(Exception):  # noqa: B017 - torch's loader raises its own RuntimeError types
+        aoti_runner(buffer.getvalue(), "0" * 64, torch.device("cpu"))
+    assert not list(tmp_path.glob("pndm-aoti-*"))
+    assert take_cache_events() == []

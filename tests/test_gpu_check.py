@@ -1,0 +1,40 @@
+"""``make gpu-check`` on a machine without a CUDA device: one clear line, exit 0, a JSON saying so."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
+
+
+def _gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_stops_cleanly_without_a_cuda_device(tmp_path, capsys):
+    assert _gpu_check().main(["--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("gpu-check: no CUDA device")
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["skipped"] == "no CUDA device"
+
+
+def test_markdown_table_compares_with_diffusers_fp32():
+    rows = [
+        {"runner": "diffusers PNDMPipeline fp32 eager", "batch": 64, "nfe": 29, "median_s": 2.0, "min_s": 1.9,
+         "max_s": 2.1, "images_per_s": 32.0, "tflops": 11.5},
+        {"runner": "pndm .pt2 fp16, whole-loop CUDA graph", "batch": 64, "nfe": 29, "median_s": 0.5,
+         "min_s": 0.5, "max_s": 0.6, "images_per_s": 128.0, "tflops": 46.2},
+    ]
+    found = {"cuda": "GPU", "torch": "2", "torch_cuda": "13", "tensorrt": False, "onnxruntime_cuda": False}
+    table = _gpu_check().markdown(found, {"returncode": 0}, rows)
+    assert "| pndm .pt2 fp16, whole-loop CUDA graph | 64 | 29 | 0.500 |" in table
+    assert table.rstrip().endswith("| 4.00x |")
