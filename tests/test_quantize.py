@@ -139,8 +139,13 @@ def test_keep_float_leaves_the_named_layer_unquantized(int8_export):
     out, _, _ = int8_export
     for name in ("unet.int8.onnx", "unet.int8-cpu.onnx"):
         graph = onnx.load(str(out / name)).graph
-        conv_in = next(n for n in graph.node if n.op_type == "Conv" and "conv_in.weight" in n.input[1])
-        assert conv_in.input[0] == "x" and conv_in.input[1] == "conv_in.weight"
+        producers = {o: n.op_type for n in graph.node for o in n.output}
+        conv_in = next(n for n in graph.node
+                       if n.op_type == "Conv" and n.input[1].startswith("conv_in.weight"))
+        # unquantized: float (fp16 in the TensorRT form)
+        assert not any(producers.get(i) == "DequantizeLinear" for i in conv_in.input)
+        others = [n for n in graph.node if n.op_type == "Conv" and n is not conv_in]
+        assert any(producers.get(n.input[1]) == "DequantizeLinear" for n in others)
 
 
 def test_unknown_keep_float_is_one_line(tmp_path):
