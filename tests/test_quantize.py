@@ -228,8 +228,10 @@ def test_policy_keeps_the_most_sensitive_layers_until_the_limit(int8_export, tmp
     quantizer = Quantizer(fp32, pairs.x.numpy(), pairs.t.numpy(), precision="int8", calibrator="minmax",
                           batch=4, workdir=tmp_path)
 
+    manifest = read_manifest(out)
+
     def error_of(graph, subset):
-        return _verify_graph(graph, pairs, subset, 1000, parse_batch("1:2:4"))
+        return _verify_graph(graph, pairs, subset, manifest)
 
     def worst(stats):
         return max([stats["rel_l2"], *(row["rel_l2"] for row in stats["by_t"])])

@@ -104,6 +104,9 @@ class _PairsReader:
     """onnxruntime.quantization.CalibrationDataReader over calibration pairs, ``batch`` at a time."""
 
     def __init__(self, x: np.ndarray, t: np.ndarray, batch: int):
+        # Equal batches (the largest size <= batch dividing the pair count): ORT's distribution
+        # calibrator (fp8) stacks the per-batch arrays and fails on a shorter last batch.
+        batch = max(b for b in range(1, min(batch, len(x)) + 1) if len(x) % b == 0)
         self.feeds = [{"x": x[i:i + batch], "t": t[i:i + batch]} for i in range(0, len(x), batch)]
         self.index = 0
 
