@@ -27,6 +27,8 @@ few calibration pairs) with that layer alone left unquantized: the lower, the mo
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 from collections.abc import Callable
@@ -178,13 +180,14 @@ class Quantizer:
         level = logger.level
         logger.setLevel(logging.ERROR)  # "Please consider to run pre-processing" and friends
         try:
-            quantize_static(
-                str(self.source), str(out), _PairsReader(self.x, self.t, self.batch),
-                quant_format=QuantFormat.QDQ, op_types_to_quantize=list(LAYER_OPS), per_channel=True,
-                activation_type=qtype, weight_type=qtype, nodes_to_exclude=exclude,
-                calibrate_method=self.method, extra_options=extra,
-                calibration_cache_path=str(self.workdir / f"ranges-{placement}.json"),
-            )
+            with contextlib.redirect_stdout(io.StringIO()):  # the distribution calibrator prints progress
+                quantize_static(
+                    str(self.source), str(out), _PairsReader(self.x, self.t, self.batch),
+                    quant_format=QuantFormat.QDQ, op_types_to_quantize=list(LAYER_OPS), per_channel=True,
+                    activation_type=qtype, weight_type=qtype, nodes_to_exclude=exclude,
+                    calibrate_method=self.method, extra_options=extra,
+                    calibration_cache_path=str(self.workdir / f"ranges-{placement}.json"),
+                )
         finally:
             logger.setLevel(level)
         model = onnx.load(str(out))
