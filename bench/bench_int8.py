@@ -5,16 +5,17 @@ from an export folder made by
 
     pndm-export build --model cifar10 --random-init --precision bf16 --batch 1:8:64 --trt off --out DIR
 
-(``unet.onnx``, ``unet.bf16.pt2``). The int8 CPU form is quantized here from ``unet.onnx`` exactly
-as ``pndm-export build --precision int8`` does (:class:`pndm.export.quantize.Quantizer`, CPU placement,
-minmax calibration on forward-process pairs, ``conv_in`` and ``conv_out`` kept in float) but without
+(``unet.onnx``, ``unet.bf16.pt2``). The int8 CPU form is quantized here from ``unet.onnx`` as
+``pndm-export build --precision int8`` does (:class:`pndm.export.quantize.Quantizer`, CPU placement,
+minmax calibration on forward-process inputs, ``conv_in`` and ``conv_out`` kept in float) but without
 the accuracy gate, which random weights cannot meet (their errors say nothing about a trained model).
 
 One eps call per engine and batch size; every engine is warmed up, then all are timed round-robin
 ``--repeats`` times (a shared machine's changing load hits them alike), and the median is kept.
 ONNX Runtime and torch both use ``--threads`` threads.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_int8.py --export DIR --threads 1 --batches 1,4,8
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_int8.py --onnx DIR/unet.onnx --pt2 DIR/unet.bf16.pt2 \
+        --threads 1 --batches 1,4,8
 """
 
 from __future__ import annotations
@@ -52,22 +53,19 @@ def cpu_name() -> str:
     return f"{fields.get('Model name', '?').strip()} ({' '.join(sorted(simd))})"
 
 
-def int8_cpu_engine(export: Path, work: Path) -> Path:
-    """unet.int8-cpu.onnx quantized from the export's unet.onnx (see the module docstring)."""
+def int8_cpu_engine(fp32_onnx: Path, shape: tuple[int, int, int], work: Path) -> Path:
+    """unet.int8-cpu.onnx quantized from ``fp32_onnx`` (see the module docstring)."""
     from pndm.calibration import forward_process_pairs
     from pndm.export.quantize import Quantizer
-    from pndm.models import load
     from pndm.schedules import make_schedule
 
     path = work / "unet.int8-cpu.onnx"
     if path.is_file():
         return path
-    manifest = json.loads((export / "manifest.json").read_text())
-    model, spec = load(str(export / manifest["reference"]))
-    schedule = make_schedule(spec.schedule, spec.T)
-    pairs = forward_process_pairs(lambda x, t: model(x, t), tuple(spec.image_shape), schedule,
-                                  steps=10, count=2)
-    quantizer = Quantizer(onnx.load(str(export / "unet.onnx")), pairs.x.numpy(), pairs.t.numpy(),
+    # Calibration reads only the inputs (x_t, t); the eps of the pairs is not needed here.
+    pairs = forward_process_pairs(lambda x, t: torch.zeros_like(x), shape,
+                                  make_schedule("linear", 1000), steps=10, count=2)
+    quantizer = Quantizer(onnx.load(str(fp32_onnx)), pairs.x.numpy(), pairs.t.numpy(),
                           precision="int8", calibrator="minmax", batch=8, workdir=work)
     onnx.save_model(quantizer.quantize("cpu", ["conv_in", "conv_out"]), str(path))
     return path
@@ -91,8 +89,8 @@ def aoti_call(path: Path):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--export", type=Path, required=True,
-                        help="export folder (unet.onnx, unet.bf16.pt2)")
+    parser.add_argument("--onnx", type=Path, required=True, help="the fp32 unet.onnx of the export")
+    parser.add_argument("--pt2", type=Path, default=None, help="the bf16 unet.bf16.pt2 of the export, if any")
     parser.add_argument("--work", type=Path, default=None, help="folder for the int8 engine (default: temp)")
     parser.add_argument("--batches", default="1,4,8")
     parser.add_argument("--repeats", type=int, default=5)
@@ -102,15 +100,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = args.work or Path(tempfile.mkdtemp(prefix="pndm-bench-int8-"))
     work.mkdir(parents=True, exist_ok=True)
+    model = onnx.load(str(args.onnx), load_external_data=False)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    shape = tuple(int(d.dim_value) for d in dims[1:])
     log("quantizing the int8 CPU engine")
-    engines = {"ORT fp32 (unet.onnx)": ort_call(args.export / "unet.onnx", args.threads),
-               "ORT int8 CPU form (unet.int8-cpu.onnx)": ort_call(int8_cpu_engine(args.export, work),
+    engines = {"ORT fp32 (unet.onnx)": ort_call(args.onnx, args.threads),
+               "ORT int8 CPU form (unet.int8-cpu.onnx)": ort_call(int8_cpu_engine(args.onnx, shape, work),
                                                                   args.threads)}
-    if (args.export / "unet.bf16.pt2").is_file():
-        engines["bf16 AOTInductor (unet.bf16.pt2)"] = aoti_call(args.export / "unet.bf16.pt2")
-    manifest = json.loads((args.export / "manifest.json").read_text())
-    image = manifest["image"]
-    shape = (image["channels"], image["height"], image["width"])
+    if args.pt2 is not None:
+        engines["bf16 AOTInductor (unet.bf16.pt2)"] = aoti_call(args.pt2)
     results: dict[str, dict[int, float]] = {name: {} for name in engines}
     generator = torch.Generator().manual_seed(0)
     for batch in (int(b) for b in args.batches.split(",")):

@@ -139,8 +139,13 @@ def test_keep_float_leaves_the_named_layer_unquantized(int8_export):
     out, _, _ = int8_export
     for name in ("unet.int8.onnx", "unet.int8-cpu.onnx"):
         graph = onnx.load(str(out / name)).graph
-        conv_in = next(n for n in graph.node if n.op_type == "Conv" and "conv_in.weight" in n.input[1])
-        assert conv_in.input[0] == "x" and conv_in.input[1] == "conv_in.weight"
+        producers = {o: n.op_type for n in graph.node for o in n.output}
+        conv_in = next(n for n in graph.node
+                       if n.op_type == "Conv" and n.input[1].startswith("conv_in.weight"))
+        # unquantized: float (fp16 in the TensorRT form)
+        assert not any(producers.get(i) == "DequantizeLinear" for i in conv_in.input)
+        others = [n for n in graph.node if n.op_type == "Conv" and n is not conv_in]
+        assert any(producers.get(n.input[1]) == "DequantizeLinear" for n in others)
 
 
 def test_unknown_keep_float_is_one_line(tmp_path):
@@ -223,8 +228,10 @@ def test_policy_keeps_the_most_sensitive_layers_until_the_limit(int8_export, tmp
     quantizer = Quantizer(fp32, pairs.x.numpy(), pairs.t.numpy(), precision="int8", calibrator="minmax",
                           batch=4, workdir=tmp_path)
 
+    manifest = read_manifest(out)
+
     def error_of(graph, subset):
-        return _verify_graph(graph, pairs, subset, 1000, parse_batch("1:2:4"))
+        return _verify_graph(graph, pairs, subset, manifest)
 
     def worst(stats):
         return max([stats["rel_l2"], *(row["rel_l2"] for row in stats["by_t"])])

@@ -27,6 +27,8 @@ few calibration pairs) with that layer alone left unquantized: the lower, the mo
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 from collections.abc import Callable
@@ -104,6 +106,9 @@ class _PairsReader:
     """onnxruntime.quantization.CalibrationDataReader over calibration pairs, ``batch`` at a time."""
 
     def __init__(self, x: np.ndarray, t: np.ndarray, batch: int):
+        # Equal batches (the largest size <= batch dividing the pair count): ORT's distribution
+        # calibrator (fp8) stacks the per-batch arrays and fails on a shorter last batch.
+        batch = max(b for b in range(1, min(batch, len(x)) + 1) if len(x) % b == 0)
         self.feeds = [{"x": x[i:i + batch], "t": t[i:i + batch]} for i in range(0, len(x), batch)]
         self.index = 0
 
@@ -175,13 +180,14 @@ class Quantizer:
         level = logger.level
         logger.setLevel(logging.ERROR)  # "Please consider to run pre-processing" and friends
         try:
-            quantize_static(
-                str(self.source), str(out), _PairsReader(self.x, self.t, self.batch),
-                quant_format=QuantFormat.QDQ, op_types_to_quantize=list(LAYER_OPS), per_channel=True,
-                activation_type=qtype, weight_type=qtype, nodes_to_exclude=exclude,
-                calibrate_method=self.method, extra_options=extra,
-                calibration_cache_path=str(self.workdir / f"ranges-{placement}.json"),
-            )
+            with contextlib.redirect_stdout(io.StringIO()):  # the distribution calibrator prints progress
+                quantize_static(
+                    str(self.source), str(out), _PairsReader(self.x, self.t, self.batch),
+                    quant_format=QuantFormat.QDQ, op_types_to_quantize=list(LAYER_OPS), per_channel=True,
+                    activation_type=qtype, weight_type=qtype, nodes_to_exclude=exclude,
+                    calibrate_method=self.method, extra_options=extra,
+                    calibration_cache_path=str(self.workdir / f"ranges-{placement}.json"),
+                )
         finally:
             logger.setLevel(level)
         model = onnx.load(str(out))
