@@ -95,3 +95,23 @@ def test_cached_folder_rebuilds_on_any_mismatch(cache_dir, damage):
     assert [e["status"] for e in take_cache_events()] == ["built", "hit", "rebuilt"]
     assert not (folder / "b.bin").exists()
     shutil.rmtree(folder)
+
+
+def test_aoti_package_without_a_single_library_goes_through_a_private_copy(tmp_path, monkeypatch):
+    """Such a package (CUDA cubins, weights beside the library) is not cached; its private copy of the
+    checked bytes is removed when loading fails."""
+    import io
+    import tempfile
+    import zipfile
+
+    from pndm.runtime.engine_cache import aoti_runner
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as package:
+        package.writestr("unet/data/aotinductor/model/a.so", b"not a library")
+        package.writestr("unet/data/weights/w.bin", b"\0" * 8)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(Exception):  # noqa: B017 - torch's loader raises its own RuntimeError types
+        aoti_runner(buffer.getvalue(), "0" * 64, torch.device("cpu"))
+    assert not list(tmp_path.glob("pndm-aoti-*"))
+    assert take_cache_events() == []

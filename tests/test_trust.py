@@ -49,10 +49,8 @@ def engine_folder(folder, name: str, kind: str, precision: str, device: str | No
 
 
 @pytest.fixture
-def aoti_loads(monkeypatch, tmp_path):
-    """Replace the AOTInductor runner by a recorder: every call would have run the package's code.
-
-    It records the bytes it was given and, like the package loader, hands back a private folder."""
+def aoti_loads(monkeypatch):
+    """Replace AOTInductor's loading by a recorder: every call would have run the package's code."""
     from pndm.runtime import engine_cache
 
     calls = []
@@ -61,11 +59,9 @@ def aoti_loads(monkeypatch, tmp_path):
         def run(self, inputs):
             return [torch.zeros_like(inputs[0])]
 
-    def fake_runner(package, source_sha256, device):
-        calls.append(package)
-        private = tmp_path / f"private-{len(calls)}"
-        private.mkdir()
-        return Runner(), private
+    def fake_runner(data, sha256, device):
+        calls.append(data)
+        return Runner(), None
 
     monkeypatch.setattr(engine_cache, "aoti_runner", fake_runner)
     return calls
@@ -82,9 +78,7 @@ def test_trusted_pt2_loads_the_checked_bytes(tmp_path, fresh_cache, aoti_loads):
     path = engine_folder(tmp_path / "e", "unet.bf16.pt2", "aoti", "bf16", device="cpu")
     with load_engine(path, device="cpu", trust=True) as engine:
         assert engine(torch.zeros(1, 3, 8, 8), torch.zeros(1)).shape == (1, 3, 8, 8)
-        private = engine._private
-        assert private.is_dir()
-    assert aoti_loads == [PAYLOAD] and not private.exists()  # the private copy goes with close()
+    assert aoti_loads == [PAYLOAD]  # the bytes that were hashed are what the runner is made from
 
 
 def test_pt2_built_on_this_machine_loads_without_opt_in(tmp_path, fresh_cache, aoti_loads):

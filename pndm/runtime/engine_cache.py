@@ -148,45 +148,43 @@ def onnxruntime_session(path: str | os.PathLike, source_sha256: str, options, pr
 AOTI_MODEL_DIR = "data/aotinductor/model/"
 
 
-def aoti_runner(package: bytes, source_sha256: str, device):
-    """The compiled model inside an AOTInductor package (its checked bytes), run without ``torch._inductor``.
+def aoti_runner(data: bytes, source_sha256: str, device):
+    """(runner, private folder or None) for the AOTInductor package whose checked bytes are ``data``.
 
     ``torch._inductor.aoti_load_package`` imports the whole compiler stack (seconds) and extracts
     the package into a new temporary folder on every load. On the CPU the package's compiled
-    library (weights included) is extracted once into the cache entry keyed by the package's
-    SHA-256 and the torch version, and loaded from there with torch's C++ runner. On CUDA (kernels
-    in separate cubin files), or when the weights are stored apart from the library, the bytes are
-    written to a private temporary folder and loaded by torch's C++ package loader (no inductor
-    import; single-threaded runs, as a CUDA graph capture needs). Returns ``(runner, private
-    folder or None)``; the runner is called as ``runner.run([x, t]) -> [eps]``, and the caller
-    removes the private folder when it closes the engine.
+    library (weights included) is extracted from ``data`` once into the cache entry keyed by
+    ``source_sha256`` (the hash of ``data``, checked by the caller) and the torch version, and
+    loaded from there with torch's C++ runner. On CUDA (kernels in separate cubin files), or when the
+    weights are stored apart from the library, a private copy of ``data`` is loaded by torch's C++
+    package loader (no inductor import; single-threaded runs, as a CUDA graph capture needs); the
+    caller removes the private folder when done. The runner is called as ``run([x, t]) -> [eps]``.
     """
     import io
     import zipfile
 
     import torch
 
-    with zipfile.ZipFile(io.BytesIO(package)) as archive:
-        names = archive.namelist()
-        libraries = [m for m in names if AOTI_MODEL_DIR in m and m.endswith(".so")]
-        weights_apart = any("/data/weights/" in f"/{m}" or "/data/constants/" in f"/{m}" for m in names)
-        if device.type == "cuda" or len(libraries) != 1 or weights_apart:
-            # the package loader finds kernels (cubins) and weights stored beside the library itself
-            private = Path(tempfile.mkdtemp(prefix="pndm-aoti-"))
-            try:
-                copy = private / "unet.pt2"
-                copy.write_bytes(package)
-                index = device.index if device.index is not None else -1
-                runner = torch._C._aoti.AOTIModelPackageLoader(str(copy), "model", True, 1, index)
-            except BaseException:
-                shutil.rmtree(private, ignore_errors=True)
-                raise
-            return runner, private
-        library = archive.read(libraries[0])
+    with zipfile.ZipFile(io.BytesIO(data)) as package:
+        names = package.namelist()
+    libraries = [m for m in names if AOTI_MODEL_DIR in m and m.endswith(".so")]
+    weights_apart = any("/data/weights/" in f"/{m}" or "/data/constants/" in f"/{m}" for m in names)
+    if device.type == "cuda" or len(libraries) != 1 or weights_apart:
+        private = Path(tempfile.mkdtemp(prefix="pndm-aoti-"))
+        try:
+            (private / "unet.pt2").write_bytes(data)
+            index = device.index if device.type == "cuda" and device.index is not None else -1
+            loader = torch._C._aoti.AOTIModelPackageLoader(str(private / "unet.pt2"), "model", True, 1, index)
+            return loader, private
+        except BaseException:
+            shutil.rmtree(private, ignore_errors=True)
+            raise
     key = f"{source_sha256}-torch{torch.__version__}"
 
     def build(folder: Path) -> None:
-        (folder / "model.so").write_bytes(library)
+        with zipfile.ZipFile(io.BytesIO(data)) as package, package.open(libraries[0]) as source:
+            with open(folder / "model.so", "wb") as target:
+                shutil.copyfileobj(source, target, 1 << 20)
 
     folder, _ = cached_folder("aoti", key, build)
     return torch._C._aoti.AOTIModelContainerRunnerCpu(str(folder / "model.so"), 1), None

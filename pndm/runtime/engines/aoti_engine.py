@@ -1,12 +1,12 @@
 """AOTInductor engine: a ``.pt2`` package (``pndm-export``'s bf16 CPU engine, or a CUDA package).
 
-The compiled code is a shared library, so the package loads only if this machine's pndm built it
-or the caller trusts it (:mod:`pndm.trust`), and what loads is the checked bytes: the file is read
-once, hashed against the manifest and the trust rule, and only those bytes reach torch's C++
-AOTInductor runner (:func:`pndm.runtime.engine_cache.aoti_runner`: on the CPU the compiled library
-is extracted once into the engine cache; no ``torch._inductor`` import). Compiled code and weights
-only, no model code and no unpickling. The package takes float32 ``x``/``t``; whatever precision it
-computes in inside, the engine returns float32 eps.
+Compiled code and weights, no model code and no unpickling; but the compiled code is a shared
+library, so the package loads only if this machine's pndm built it or the caller trusts it
+(:mod:`pndm.trust`), and what loads comes from the checked bytes: the CPU library extracted from
+them into the verified engine cache, or a private copy of them
+(:func:`pndm.runtime.engine_cache.aoti_runner`). Run by torch's C++ AOTInductor runner, without
+importing ``torch._inductor``. The package takes float32 ``x``/``t``; whatever precision it computes
+in inside, the engine returns float32 eps.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ class AotiEngine(Engine):
     def _open(self) -> None:
         from pndm.runtime.engine_cache import aoti_runner
 
-        package = self.checked_bytes("aoti")
+        data = self.checked_bytes("aoti")
         try:
-            self.runner, self._private = aoti_runner(package, self.info.sha256, self.device)
+            self.runner, self._private = aoti_runner(data, self.info.sha256, self.device)
         except Exception as e:  # zip, shared-object and metadata errors all mean the same to a user
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise EngineError(
