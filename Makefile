@@ -20,11 +20,12 @@ $(STAMP): pyproject.toml
 test: install
 	$(PY) -m pytest -q
 
-# The embedded default model (MNIST digits): export fp32 + fp16 ONNX, then the same 36 seeds through each
-# engine (F-PNDM, 20 steps), the checker's table and the feature judge's FD of each, in build/demo/report.md.
-# --clip-x0: the default model is small and briefly trained (README, "The embedded default model").
+# The embedded default model (MNIST digits): export fp32, fp16 and int8 ONNX, then the same 36 seeds through
+# each engine (F-PNDM, 20 steps), the checker's tables and the feature judge's FD of each, in
+# build/demo/report.md. --clip-x0: the default model is small and briefly trained (README).
 demo: install
 	$(VENV)/bin/pndm-export build --precision fp16 --out build/demo
+	$(VENV)/bin/pndm-export build --precision int8 --out build/demo
 	$(PY) -m pndm.scoring.demo build/demo --clip-x0
 	@echo "demo: build/demo/report.md (compare.png: the same seeds through each engine)"
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +35,9 @@ BASELINE_SEED = 0
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("PNDM_CACHE_DIR") or Path.home() / ".cache" / "pndm") / "scoring"
+    from pndm.trust import cache_root
+
+    return cache_root() / "scoring"
 
 
 @dataclass
