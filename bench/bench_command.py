@@ -242,7 +242,7 @@ def main(argv=None) -> int:
                 for key, (name, build, _) in cmds.items():
                     if key in skip or f"{key}@{num}" in skip:
                         continue
-                    out = Path(scratch) / f"{len(runs)}-{r}-{num}"
+                    out = Path(scratch) / f"{key}-{r + 1}-{num}"
                     record = run_once(build(num, out), out, env)
                     slot = runs.setdefault((name, num), {"cold": None, "warm": []})
                     if r < 0:
