@@ -19,7 +19,7 @@ from pndm.runtime.seeds import image_noise, seed_list
 from pndm.runtime.tune import REFERENCE_GRID, REFERENCE_METHOD, REFERENCE_STEPS, load_recipe
 from pndm.schedules import make_schedule
 from pndm.solvers import sample
-from pndm.solvers.tuning import rmse
+from pndm.solvers.testbeds import rmse
 
 
 @click.command()

@@ -87,6 +87,39 @@ def collect_pairs(eps, image_shape: tuple[int, int, int], schedule, *, method: s
     return CalibrationSet(torch.cat(xs), t, torch.cat(outs), info)
 
 
+@torch.no_grad()
+def forward_process_pairs(eps, image_shape: tuple[int, int, int], schedule, *,
+                          steps: int = DEFAULT_STEPS, count: int = DEFAULT_COUNT,
+                          seed: int = 0) -> CalibrationSet:
+    """Pairs from the forward process, for models whose own trajectories mean nothing (random weights).
+
+    x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) n (DDPM eq. 4) at the DDIM grid t_i = i * (T // steps),
+    ``count`` images per t. x0 are smooth random images in (-1, 1) (Gaussian noise at 1/4 resolution,
+    upsampled bilinearly, through tanh); a random-init model's own trajectories blow up, so quantizing it
+    needs inputs of the right scale instead.
+    """
+    if count < 1 or steps < 1:
+        raise PndmError(f"calibration needs count >= 1 and steps >= 1 (got count={count}, steps={steps})")
+    generator = torch.Generator().manual_seed(seed)
+    channels, height, width = image_shape
+    low = torch.randn(count, channels, max(1, height // 4), max(1, width // 4), generator=generator)
+    x0 = torch.tanh(2 * torch.nn.functional.interpolate(low, size=(height, width), mode="bilinear"))
+    grid = [i * (int(schedule.T) // steps) for i in range(steps)]
+    xs, ts, outs = [], [], []
+    for t_index in grid:
+        ab = torch.as_tensor(schedule.alpha_bar(torch.tensor(float(t_index))), dtype=torch.float32)
+        noise = torch.randn(x0.shape, generator=generator)
+        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        t = torch.full((count,), float(t_index))
+        xs.append(x_t)
+        ts.append(t)
+        outs.append(eps(x_t, t).detach().float().cpu().clone())
+    t = torch.cat(ts)
+    info = {"method": "forward-process", "steps": steps, "count": count, "seed": seed,
+            "schedule": schedule.name, "T": int(schedule.T), "t_min": float(t.min()), "t_max": float(t.max())}
+    return CalibrationSet(torch.cat(xs), t, torch.cat(outs), info)
+
+
 def save_pairs(path: str | Path, pairs: CalibrationSet) -> Path:
     """Write ``pairs`` to a safetensors file atomically."""
     path = Path(path)

@@ -25,9 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import nn
 
-from pndm.calibration import CalibrationSet, collect_pairs, save_pairs
+from pndm.calibration import CalibrationSet, collect_pairs, forward_process_pairs, save_pairs
 from pndm.engine_format import (
     BatchSpec,
     EngineEntry,
@@ -44,9 +45,11 @@ from pndm.errors import EngineError, PndmError
 from pndm.export import tensorrt as trt_build
 from pndm.export.aoti import compile_aoti
 from pndm.export.batch import DEFAULT_BATCH, BatchRange, parse_batch
+from pndm.export.fp16_graph import convert_to_fp16
 from pndm.export.onnx_export import DEFAULT_OPSET, check_opset, export_onnx, save_onnx
-from pndm.export.precision import PRECISIONS, check_onnx_policy, engine_module
+from pndm.export.precision import EXPORT_REL_L2_LIMITS, PRECISIONS, check_onnx_policy, require_export_accuracy
 from pndm.export.publish import staged_export
+from pndm.export.quantize import CALIBRATORS, DEFAULT_CALIBRATOR, QUANT_PRECISIONS, quantize_engines
 from pndm.export.verify import compare, evaluate, format_table, require_finite, require_fp32_agreement
 from pndm.fileio import sha256_file
 from pndm.trust import record_built
@@ -72,6 +75,8 @@ class ExportOptions:
     calibration_steps: int = 10
     calibration_count: int = 2
     seed: int = 0
+    calibrator: str = DEFAULT_CALIBRATOR
+    keep_float: tuple[str, ...] = ()
 
 
 @dataclass
@@ -87,6 +92,10 @@ def check_options(options: ExportOptions) -> str | None:
     """Fail fast on bad options; return why a TensorRT plan will be skipped (None if it will be built)."""
     if options.precision not in PRECISIONS:
         raise PndmError(f"unknown precision {options.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if options.calibrator not in CALIBRATORS:
+        raise PndmError(f"unknown calibrator {options.calibrator!r}; choose one of {', '.join(CALIBRATORS)}")
+    if options.keep_float and options.precision not in QUANT_PRECISIONS:
+        raise PndmError(f"--keep-float applies to --precision int8 or fp8, not {options.precision}")
     if options.trt not in TRT_MODES:
         raise PndmError(f"unknown TensorRT mode trt={options.trt!r}; choose one of {', '.join(TRT_MODES)}")
     check_opset(options.opset)
@@ -131,9 +140,12 @@ def _verify(path: Path, manifest: Manifest, pairs: CalibrationSet) -> dict:
     with open_engine(path, manifest, "cpu") as engine:
         candidate = evaluate(engine, pairs.x, pairs.t, manifest.batch.max)
     stats = compare(candidate, pairs.eps, pairs.t, manifest.schedule.T)
-    if manifest.engines[name].precision == "fp32":
+    precision = manifest.engines[name].precision
+    if precision == "fp32":
         require_fp32_agreement(name, stats)
     require_finite(name, candidate)
+    if precision != "fp32":
+        require_export_accuracy(name, precision, stats)
     return stats
 
 
@@ -150,6 +162,24 @@ def previous_manifest(out: Path) -> Manifest | None:
         return read_manifest(out) if (out / "manifest.json").is_file() else None
     except EngineError:
         return None
+
+
+def _verify_graph(graph, pairs: CalibrationSet, subset, manifest: Manifest) -> dict:
+    """Errors of an in-memory ONNX graph on the calibration pairs (``subset``: indices, None for all)."""
+    import onnxruntime as ort
+
+    if subset is not None:
+        index = torch.as_tensor(subset)
+        pairs = CalibrationSet(pairs.x[index], pairs.t[index], pairs.eps[index])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {"x": x.numpy(), "t": t.numpy()})[0])
+
+    candidate = evaluate(eps, pairs.x, pairs.t, manifest.batch.max)
+    return compare(candidate, pairs.eps, pairs.t, manifest.schedule.T)
 
 
 def build_engines(model: nn.Module, spec, options: ExportOptions, *,
@@ -173,29 +203,64 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
 
         stage(f"collecting calibration pairs ({options.calibration_method}, "
               f"{options.calibration_steps} steps, {options.calibration_count} trajectories)")
-        pairs = collect_pairs(lambda x, t: model(x, t), image_shape, make_schedule(spec.schedule, spec.T),
-                              method=options.calibration_method, steps=options.calibration_steps,
-                              count=options.calibration_count, seed=options.seed)
+        schedule = make_schedule(spec.schedule, spec.T)
+        if spec.source_kind == "random" and options.precision in QUANT_PRECISIONS:
+            stage("random weights: calibrating on forward-process pairs (their own trajectories blow up)")
+            pairs = forward_process_pairs(lambda x, t: model(x, t), image_shape, schedule,
+                                          steps=options.calibration_steps, count=options.calibration_count,
+                                          seed=options.seed)
+        else:
+            pairs = collect_pairs(lambda x, t: model(x, t), image_shape, schedule,
+                                  method=options.calibration_method, steps=options.calibration_steps,
+                                  count=options.calibration_count, seed=options.seed)
         save_pairs(staging / CALIBRATION_FILE, pairs)
         files.append(CALIBRATION_FILE)
         manifest.calibration = {"file": CALIBRATION_FILE, **pairs.info, "pairs": len(pairs)}
 
-        onnx_precisions = ["fp32"] + (["fp16"] if options.precision == "fp16" else [])
-        for precision in onnx_precisions:
-            name = engine_file_name("onnx", precision)
-            what = f"opset {options.opset}" if precision == "fp32" else "mixed precision"
-            stage(f"exporting {name} ({what})")
+        name = engine_file_name("onnx", "fp32")
+        stage(f"exporting {name} (opset {options.opset})")
+        started = time.perf_counter()
+        graph = export_onnx(model, image_shape, options.batch, options.opset)
+        save_onnx(graph, staging / name)
+        extra = {"opset": options.opset, "build_seconds": round(time.perf_counter() - started, 1)}
+        manifest.engines[name] = EngineEntry("onnx", "fp32", sha256_file(staging / name), extra=extra)
+        stage(f"verifying {name} in ONNX Runtime on {len(pairs)} calibration pairs")
+        manifest.verification[name] = _verify(staging / name, manifest, pairs)
+        files.append(name)
+
+        if options.precision == "fp16":
+            name = engine_file_name("onnx", "fp16")
+            stage(f"writing {name} (fp16 graph rewrite, fp32 islands)")
             started = time.perf_counter()
-            graph = export_onnx(engine_module(model, precision), image_shape, options.batch, options.opset)
-            extra = {"opset": options.opset}
-            if precision == "fp16":
-                extra["op_input_dtypes"] = check_onnx_policy(graph)
-            save_onnx(graph, staging / name)
+            graph16, islands = convert_to_fp16(graph)
+            extra = {"opset": options.opset, "op_input_dtypes": check_onnx_policy(graph16),
+                     "fp32_islands": islands.summary()}
+            save_onnx(graph16, staging / name)
             extra["build_seconds"] = round(time.perf_counter() - started, 1)
-            manifest.engines[name] = EngineEntry("onnx", precision, sha256_file(staging / name), extra=extra)
+            manifest.engines[name] = EngineEntry("onnx", "fp16", sha256_file(staging / name), extra=extra)
             stage(f"verifying {name} in ONNX Runtime on {len(pairs)} calibration pairs")
             manifest.verification[name] = _verify(staging / name, manifest, pairs)
             files.append(name)
+
+        if options.precision in QUANT_PRECISIONS:
+            stage(f"quantizing to {options.precision} ({options.calibrator} calibration, {len(pairs)} pairs)")
+            started = time.perf_counter()
+            engines = quantize_engines(
+                graph, pairs.x.numpy(), pairs.t.numpy(), pairs.eps.numpy(), precision=options.precision,
+                calibrator=options.calibrator, keep_float=options.keep_float,
+                limit=EXPORT_REL_L2_LIMITS[options.precision], batch=options.batch.max,
+                error_of=lambda g, subset: _verify_graph(g, pairs, subset, manifest), log=stage)
+            seconds = round(time.perf_counter() - started, 1)
+            for engine in engines:
+                name = engine_file_name("onnx", engine.precision, cpu_form=engine.placement == "cpu")
+                save_onnx(engine.model, staging / name)
+                manifest.engines[name] = EngineEntry(
+                    "onnx", engine.precision, sha256_file(staging / name),
+                    quantization=engine.manifest_entry(),
+                    extra={"opset": options.opset, "build_seconds": seconds})
+                stage(f"verifying {name} in ONNX Runtime on {len(pairs)} calibration pairs")
+                manifest.verification[name] = _verify(staging / name, manifest, pairs)
+                files.append(name)
 
         if options.precision == "bf16":
             name = engine_file_name("aoti", "bf16")
@@ -211,7 +276,8 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
 
         if trt_skip is None:
             caps = trt_build.detect_capabilities(trt_build.import_builder()[0])
-            plan = trt_build.plan_build(caps, precision="fp16" if options.precision == "fp16" else "fp32",
+            plan_precision = options.precision if options.precision in ("fp16", *QUANT_PRECISIONS) else "fp32"
+            plan = trt_build.plan_build(caps, precision=plan_precision,
                                         batch=options.batch, image_shape=image_shape, lean=options.lean,
                                         optimization_level=options.trt_optimization_level)
             name = engine_file_name("tensorrt", plan.precision)

@@ -50,9 +50,19 @@ def load_source(model: str | None, checkpoint: str | None, random_init: bool, tr
                    "config), or a diffusers UNet2DModel folder.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output directory (created if needed; only the files this run produces are replaced).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8", "fp8"]), default="fp32",
+              show_default=True,
               help="fp32: unet.onnx only. fp16: also unet.fp16.onnx (mixed precision; TensorRT plans in "
-                   "fp16). bf16: also unet.bf16.pt2 (AOTInductor CPU engine).")
+                   "fp16). bf16: also unet.bf16.pt2 (AOTInductor CPU engine). int8: also unet.int8.onnx "
+                   "(Q/DQ for TensorRT) and unet.int8-cpu.onnx (fast on ONNX Runtime CPU). fp8: also "
+                   "unet.fp8.onnx (Q/DQ float8e4m3fn for TensorRT on Hopper/Ada).")
+@click.option("--calibrator", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True,
+              help="int8 activation ranges (fp8 always uses ONNX Runtime's distribution calibration); "
+                   "minmax gave the best images on the default model (docs/EXPORT.md).")
+@click.option("--keep-float", "keep_float", default="",
+              help="int8/fp8: comma-separated layers (module paths, e.g. conv_in,conv_out) to leave in "
+                   "float instead of the automatic choice by measured sensitivity.")
 @click.option("--batch", "batch_text", default=DEFAULT_BATCH, show_default=True,
               help="Batch range MIN:OPT:MAX the engines accept (TensorRT optimizes for OPT).")
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset (17-25 work).")
@@ -82,7 +92,7 @@ def load_source(model: str | None, checkpoint: str | None, random_init: bool, tr
 @debug_option
 def build(model_name, checkpoint, out, precision, batch_text, opset, trt_mode, timing_cache, lean,
           trt_optimization_level, random_init, trust_pickle, calibration_method, calibration_steps,
-          calibration_count, seed):
+          calibration_count, seed, calibrator, keep_float):
     """Export a model to ONNX (fp32, fp16), bf16 AOTInductor and TensorRT engines, verified against PyTorch.
 
     Writes unet.onnx, unet.fp16.onnx / unet.bf16.pt2 / unet.<precision>.plan as asked, calibration.safetensors
@@ -95,7 +105,8 @@ def build(model_name, checkpoint, out, precision, batch_text, opset, trt_mode, t
                             trt=trt_mode, timing_cache=timing_cache, lean=lean,
                             trt_optimization_level=trt_optimization_level,
                             calibration_method=calibration_method, calibration_steps=calibration_steps,
-                            calibration_count=calibration_count, seed=seed)
+                            calibration_count=calibration_count, seed=seed, calibrator=calibrator,
+                            keep_float=tuple(name.strip() for name in keep_float.split(",") if name.strip()))
     check_options(options)  # bad options fail before the model is loaded
     model, spec = load_source(model_name, checkpoint, random_init, trust_pickle)
     result = build_engines(model, spec, options, log=_echo_err)

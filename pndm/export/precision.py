@@ -1,17 +1,18 @@
 """Precision policy: which engines run in which dtype, and the checks that prove it.
 
-fp16 and bf16 engines are *mixed precision*, built at the torch level: the model's weights
-are cast to the low dtype and a wrapper casts ``x`` in and ``eps`` out, so every engine keeps
-the float32 interface (``x``, ``t`` float32 in, ``eps`` float32 out). The fp32 islands live in
-the model itself (pndm/models/ddpm_unet.py): GroupNorm statistics (GroupNorm32), the
-attention softmax and the sinusoidal timestep embedding (``t * freq`` reaches ~1000, where
-fp16 spacing is 0.5) always compute in float32. :func:`check_onnx_policy` verifies that an
-exported graph really has Conv/MatMul/Gemm in fp16 and those islands in fp32.
+Every engine keeps the float32 interface (``x``, ``t`` float32 in, ``eps`` float32 out).
 
-Why this route rather than an ONNX-level converter: ``onnxconverter_common.float16`` produces
-a graph ONNX Runtime refuses on this UNet (DESIGN.md), and automatic converters that
-calibrate on random inputs get the timestep path wrong; the torch-level cast keeps the policy
-in one place (the model) for ONNX, AOTInductor and TensorRT 11's strongly typed networks alike.
+* **fp16** (``unet.fp16.onnx``) is a rewrite of the exported fp32 ONNX graph
+  (:mod:`pndm.export.fp16_graph`), so it works for any model, whatever its modules: Conv, MatMul
+  and Gemm in fp16; normalisations and their statistics, softmax and the sinusoidal timestep
+  embedding (``t * freq`` reaches ~1000, where fp16 spacing is 0.5) in fp32.
+  :func:`check_onnx_policy` verifies that in the graph.
+* **bf16** (``unet.bf16.pt2``) is built at the torch level for AOTInductor: a copy of the model
+  cast to bfloat16 behind :class:`MixedPrecisionUNet` (x in, eps out as float32).
+* **int8 / fp8** are Q/DQ graphs (:mod:`pndm.export.quantize`).
+
+Each reduced-precision engine must also be close to the fp32 model on the calibration pairs in
+every range of t: :data:`EXPORT_REL_L2_LIMITS`, checked by :func:`require_export_accuracy`.
 """
 
 from __future__ import annotations
@@ -23,13 +24,20 @@ import torch
 from torch import nn
 
 from pndm.errors import PndmError
+from pndm.export.fp16_graph import SHAPE_OPS, TIMESTEP_OPS
 
-PRECISIONS = ("fp32", "fp16", "bf16")
-LOW_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
+LOW_DTYPES = {"bf16": torch.bfloat16}
+
+# Relative L2 of eps against the fp32 model, per t range, above which the export fails. fp16/bf16:
+# ~10x the errors measured on the trained default model and the CIFAR-10 architecture (docs/EXPORT.md);
+# int8/fp8: the limits the automatic precision policy works to (pndm/export/quantize.py).
+EXPORT_REL_L2_LIMITS = {"fp16": 5e-3, "bf16": 3e-2, "int8": 1.5e-2, "fp8": 3e-1}
 
 # ONNX ops whose *inputs* must be float32 in a mixed-precision graph (the fp32 islands), and
 # ops whose inputs must be fp16 (the bulk of the arithmetic).
-FP32_OPS = ("GroupNormalization", "InstanceNormalization", "LayerNormalization", "Softmax", "Sin", "Cos")
+FP32_OPS = ("GroupNormalization", "InstanceNormalization", "LayerNormalization", "BatchNormalization",
+            "Softmax", "LogSoftmax", "Sin", "Cos", "ReduceMean", "ReduceSumSquare", "Pow", "Sqrt")
 FP16_OPS = ("Conv", "MatMul", "Gemm")
 _ONNX_NAMES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
                onnx.TensorProto.BFLOAT16: "bfloat16", onnx.TensorProto.DOUBLE: "float64"}
@@ -48,18 +56,22 @@ class MixedPrecisionUNet(nn.Module):
 
 
 def engine_module(model: nn.Module, precision: str) -> nn.Module:
-    """The module to export for ``precision``: the model itself for fp32, else the mixed wrapper."""
-    if precision not in PRECISIONS:
-        raise PndmError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    """The module to compile for ``precision`` (fp32: the model itself; bf16: the mixed wrapper)."""
+    if precision not in ("fp32", *LOW_DTYPES):
+        raise PndmError(f"torch-level engines are fp32 or {', '.join(LOW_DTYPES)}, not {precision!r}")
     return model if precision == "fp32" else MixedPrecisionUNet(model, LOW_DTYPES[precision])
+
+
+def _types(model: onnx.ModelProto) -> tuple[onnx.GraphProto, dict[str, int]]:
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.output, *graph.value_info)}
+    types.update({init.name: init.data_type for init in graph.initializer})
+    return graph, types
 
 
 def onnx_input_dtypes(model: onnx.ModelProto) -> dict[str, dict[str, int]]:
     """{op_type: {dtype name of its first input: count}} after ONNX shape inference."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    graph = inferred.graph
-    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.output, *graph.value_info)}
-    types.update({init.name: init.data_type for init in graph.initializer})
+    graph, types = _types(model)
     counts: dict[str, dict[str, int]] = {}
     for node in graph.node:
         if not node.input:
@@ -73,8 +85,10 @@ def onnx_input_dtypes(model: onnx.ModelProto) -> dict[str, dict[str, int]]:
 def check_onnx_policy(model: onnx.ModelProto) -> dict[str, dict[str, int]]:
     """Raise unless the graph follows the fp16 policy; return the per-op dtype counts.
 
-    Required: graph inputs and outputs float32; every Conv/MatMul/Gemm input float16; every
-    normalization, Softmax, Sin and Cos input float32.
+    Required: graph inputs and outputs float32; every Conv/MatMul/Gemm input and every Conv
+    weight float16; every normalisation, normalisation statistic (ReduceMean, Pow, Sqrt),
+    Softmax, Sin and Cos input float32; every float input of every node that feeds Sin/Cos
+    (the t * freq product) float32.
     """
     for value in (*model.graph.input, *model.graph.output):
         dtype = _ONNX_NAMES.get(value.type.tensor_type.elem_type, "unknown")
@@ -88,4 +102,33 @@ def check_onnx_policy(model: onnx.ModelProto) -> dict[str, dict[str, int]]:
                 raise PndmError(f"fp16 graph: {op} runs in {wrong}, the precision policy requires {wanted}")
     if not any(counts.get(op) for op in FP16_OPS):
         raise PndmError("fp16 graph: no Conv/MatMul/Gemm in float16; the export did not lower precision")
+    graph, types = _types(model)
+    for node in graph.node:
+        if node.op_type == "Conv" and types.get(node.input[1]) != onnx.TensorProto.FLOAT16:
+            raise PndmError(f"fp16 graph: the weight of Conv {node.name!r} is not float16")
+    producer = {out: node for node in graph.node for out in node.output}
+    stack = [node for node in graph.node if node.op_type in TIMESTEP_OPS]
+    seen: set[str] = set()
+    while stack:
+        node = stack.pop()
+        if node.name in seen or node.op_type in SHAPE_OPS:
+            continue
+        seen.add(node.name)
+        low = [i for i in node.input if types.get(i) in (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)]
+        if low:
+            raise PndmError(f"fp16 graph: {node.op_type} {node.name!r} computes the timestep embedding's "
+                            f"input from {low[0]!r} in reduced precision; it must stay float32")
+        stack += [producer[i] for i in node.input if i in producer]
     return counts
+
+
+def require_export_accuracy(name: str, precision: str, stats: dict) -> None:
+    """Fail the export when ``name`` is further than :data:`EXPORT_REL_L2_LIMITS` from fp32 in any t range."""
+    limit = EXPORT_REL_L2_LIMITS[precision]
+    for row in [stats, *stats["by_t"]]:
+        if not row["rel_l2"] <= limit:
+            where = "over all pairs" if row is stats else f"for t in [{row['t'][0]}, {row['t'][1]})"
+            raise PndmError(
+                f"{name} is too far from the fp32 model {where}: relative L2 {row['rel_l2']:.3g} > {limit:g} "
+                f"({precision} limit); export with a higher --precision"
+            )

@@ -30,6 +30,7 @@ from pndm.export.batch import BatchRange
 from pndm.fileio import atomic_write_bytes
 
 DEFAULT_OPTIMIZATION_LEVEL = 3  # TensorRT's own default; 0..5
+PLAN_PRECISIONS = ("fp32", "fp16", "int8", "fp8")
 FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX")
 FP32_UNARY_OPS = ("SIN", "COS")
 
@@ -71,6 +72,8 @@ class TrtCapabilities:
     has_fp16_flag: bool
     has_strongly_typed: bool
     has_precision_constraints: bool
+    has_int8_flag: bool = False
+    has_fp8_flag: bool = False
 
     @property
     def major(self) -> int:
@@ -102,6 +105,8 @@ def detect_capabilities(trt: Any) -> TrtCapabilities:
         has_fp16_flag=hasattr(builder_flags, "FP16"),
         has_strongly_typed=hasattr(network_flags, "STRONGLY_TYPED"),
         has_precision_constraints=hasattr(builder_flags, "OBEY_PRECISION_CONSTRAINTS"),
+        has_int8_flag=hasattr(builder_flags, "INT8"),
+        has_fp8_flag=hasattr(builder_flags, "FP8"),
     )
 
 
@@ -113,25 +118,35 @@ def profile_shapes(batch: BatchRange, image_shape: tuple[int, int, int]):
 
 def plan_build(caps: TrtCapabilities, *, precision: str, batch: BatchRange, image_shape: tuple[int, int, int],
                lean: bool = False, optimization_level: int = DEFAULT_OPTIMIZATION_LEVEL) -> TrtBuildPlan:
-    """The build plan for ``caps``; ``precision`` is the plan's: "fp16" or "fp32"."""
-    if precision not in ("fp16", "fp32"):
-        raise PndmError(f"TensorRT plans are built in fp16 or fp32, not {precision!r}")
+    """The build plan for ``caps``; ``precision`` is the plan's: "fp32", "fp16", "int8" or "fp8".
+
+    int8/fp8 plans parse the Q/DQ graph (``unet.int8.onnx`` / ``unet.fp8.onnx``, fp16 outside the
+    quantized layers): TensorRT 11 builds it strongly typed; TensorRT 10 weakly typed with the FP16
+    and INT8 (FP8) flags, so its unquantized layers may run in fp16, with the fp32 islands pinned.
+    """
+    if precision not in PLAN_PRECISIONS:
+        raise PndmError(f"TensorRT plans are built in {', '.join(PLAN_PRECISIONS)}, not {precision!r}")
     if not 0 <= optimization_level <= 5:
         raise PndmError(f"TensorRT optimization level {optimization_level} is out of range: choose 0..5")
     builder_flags: list[str] = []
     fp32_layers: tuple[str, ...] = ()
     fp32_unary: tuple[str, ...] = ()
+    quant_flag = {"int8": "INT8", "fp8": "FP8"}.get(precision)
+    has_quant_flag = {"int8": caps.has_int8_flag, "fp8": caps.has_fp8_flag}.get(precision, True)
+    weak_source = {"fp16": "unet.fp16.onnx", "int8": "unet.int8.onnx", "fp8": "unet.fp8.onnx"}
     if precision == "fp32":
         strongly_typed, onnx_file = caps.has_strongly_typed, "unet.onnx"
-    elif caps.has_fp16_flag and caps.has_precision_constraints:  # TensorRT 10 (and older)
-        strongly_typed, onnx_file = False, "unet.onnx"
-        builder_flags += ["FP16", "OBEY_PRECISION_CONSTRAINTS"]
+    elif caps.has_fp16_flag and caps.has_precision_constraints and has_quant_flag:  # TensorRT 10 (and older)
+        strongly_typed = False
+        onnx_file = "unet.onnx" if precision == "fp16" else weak_source[precision]
+        builder_flags += ["FP16", *([quant_flag] if quant_flag else []), "OBEY_PRECISION_CONSTRAINTS"]
         fp32_layers, fp32_unary = FP32_LAYER_TYPES, FP32_UNARY_OPS
     elif caps.has_strongly_typed:  # TensorRT 11: precision comes from the ONNX itself
-        strongly_typed, onnx_file = True, "unet.fp16.onnx"
+        strongly_typed, onnx_file = True, weak_source[precision]
     else:
+        flags = "/".join(["FP16", *([quant_flag] if quant_flag else [])])
         raise PndmError(
-            f"TensorRT {caps.version} has neither BuilderFlag.FP16 nor strongly typed networks; "
+            f"TensorRT {caps.version} has neither BuilderFlag.{flags} nor strongly typed networks; "
             "install TensorRT 10 or 11"
         )
     if lean:

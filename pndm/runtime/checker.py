@@ -50,6 +50,10 @@ THRESHOLDS = {
     # bf16: measured on the trained default model: worst rel L2 2.6e-2 (at t=0), mean grey diff 1.08,
     # PSNR 40.5 dB (docs/RUNTIME.md, "Why these limits").
     "bf16": Thresholds(lockstep_rel_l2=3e-2, max_grey_diff=255, mean_grey_diff=2.0, min_psnr_db=35.0),
+    # int8 / fp8 (Q/DQ engines, pndm/export/quantize.py): measured on the trained default model
+    # (docs/EXPORT.md, "INT8 and FP8").
+    "int8": Thresholds(lockstep_rel_l2=8e-2, max_grey_diff=255, mean_grey_diff=2.0, min_psnr_db=30.0),
+    "fp8": Thresholds(lockstep_rel_l2=3e-1, max_grey_diff=255, mean_grey_diff=8.0, min_psnr_db=20.0),
 }
 
 

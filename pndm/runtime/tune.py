@@ -189,7 +189,7 @@ def _reference(engine, x_T, schedule):
     """High-accuracy x_0 and its estimated error: the difference to the same solve on another grid
     (linspace), an independent discretisation of the same cost."""
     from pndm.solvers import solve
-    from pndm.solvers.tuning import rmse
+    from pndm.solvers.testbeds import rmse
 
     fine = solve(engine, x_T, REFERENCE_METHOD, REFERENCE_STEPS, schedule, grid=REFERENCE_GRID).x0
     other = solve(engine, x_T, REFERENCE_METHOD, REFERENCE_STEPS, schedule, grid=CHECK_GRID).x0
@@ -250,7 +250,8 @@ def tune(engine_path, nfe, num_seeds, holdout, seed, budget, out_path, device, t
     from pndm.runtime.seeds import image_noise, seed_list
     from pndm.schedules import make_schedule
     from pndm.solvers import GRIDS, METHODS, steps_for_nfe
-    from pndm.solvers.tuning import rmse, tune_grid
+    from pndm.solvers.testbeds import rmse
+    from pndm.solvers.tuning import tune_grid
 
     if threads:
         torch.set_num_threads(threads)

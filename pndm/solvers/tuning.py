@@ -23,6 +23,7 @@ from pndm.schedules import Schedule
 from pndm.solvers.api import solve
 from pndm.solvers.evaluator import EpsFn
 from pndm.solvers.grid import GridArg, make_grid
+from pndm.solvers.testbeds import rmse
 
 #: The lowest start point is lifted to this fraction of T-1 so that its logit is finite.
 LOWEST = 1e-4
@@ -41,11 +42,6 @@ def logits_of_points(points, T: int) -> torch.Tensor:
     u = torch.as_tensor(points, dtype=torch.float64).flip(0)
     u = (u / u[-1]).clamp(min=LOWEST)
     return torch.log(torch.diff(torch.cat([torch.zeros(1, dtype=torch.float64), u])))
-
-
-def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Root-mean-square difference (in float64)."""
-    return float(((a.double() - b.double()) ** 2).mean().sqrt())
 
 
 def tune_grid(
