@@ -109,6 +109,30 @@ def commands(engines: Path, unet_dir: Path, steps: int, threads: int | None) -> 
     }
 
 
+def call_throughput(engines: Path, names: list[str], batches: list[int], env: dict,
+                    threads: int | None) -> list:
+    """Images per second of one model call per engine and batch size, in this process, round-robin
+    after one warm-up call each (the sampling loop's rate is this divided by the NFE)."""
+    os.environ["PNDM_CACHE_DIR"] = env["PNDM_CACHE_DIR"]
+    from pndm.runtime.loader import load_engine
+
+    loaded = {name: load_engine(engines / name, "cpu", threads=threads) for name in names}
+    inputs = {b: (torch.randn(b, *next(iter(loaded.values())).image_shape), torch.full((b,), 500.0))
+              for b in batches}
+    for engine in loaded.values():
+        for b in batches:
+            engine(*inputs[b])
+    rows = []
+    for name, engine in loaded.items():
+        for b in batches:
+            start = time.perf_counter()
+            engine(*inputs[b])
+            seconds = time.perf_counter() - start
+            rows.append({"engine": name, "batch": b, "call_s": seconds, "images_per_s_per_call": b / seconds})
+            log(f"{name} batch {b}: {seconds:.3f} s per call")
+    return rows
+
+
 def run_once(argv: list[str], out: Path, env: dict) -> dict:
     """Wall seconds of one command, and its own phase record (run.json or the script's JSON line)."""
     start = time.perf_counter()
@@ -184,6 +208,10 @@ def main(argv=None) -> int:
     parser.add_argument("--skip", default="", help="runners to leave out: pt2,onnx,diffusers or e.g. onnx@64")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--no-check", action="store_true", help="skip pndm-run check (run it apart)")
+    parser.add_argument("--check-engine", default="unet.bf16.pt2", help="engine file the check runs on")
+    parser.add_argument("--call-batches", default="", help="also time one model call at these batch sizes "
+                        "(e.g. 1,4,64) for the --call-engines, in this process")
+    parser.add_argument("--call-engines", default="unet.onnx,unet.bf16.pt2", help="engine files for that")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -197,12 +225,13 @@ def main(argv=None) -> int:
     skip = set(args.skip.split(","))
     check = None
     if not args.no_check:
-        check = subprocess.run([str(BIN / "pndm-run"), "check", "--engine", str(engines / "unet.bf16.pt2"),
+        check = subprocess.run([str(BIN / "pndm-run"), "check", "--engine", str(engines / args.check_engine),
                                 "--steps", str(args.steps), "-n", "4", "--no-progress", *thread_args],
                                capture_output=True, text=True, env=env)
     if check is not None:
-        result["check_bf16"] = {"passed": check.returncode == 0, "report": check.stdout.strip().splitlines()}
-        log(f"check unet.bf16.pt2: {'PASS' if check.returncode == 0 else 'FAIL'}")
+        result["check"] = {"engine": args.check_engine, "passed": check.returncode == 0,
+                           "report": check.stdout.strip().splitlines()}
+        log(f"check {args.check_engine}: {'PASS' if check.returncode == 0 else 'FAIL'}")
     peaks = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
     log(f"matmul peak: bf16 {peaks['bf16']:.0f}, fp32 {peaks['fp32']:.0f} GFLOP/s")
     runs: dict = {}
@@ -213,7 +242,7 @@ def main(argv=None) -> int:
                 for key, (name, build, _) in cmds.items():
                     if key in skip or f"{key}@{num}" in skip:
                         continue
-                    out = Path(scratch) / f"{len(runs)}-{r}-{num}"
+                    out = Path(scratch) / f"{key}-{r + 1}-{num}"
                     record = run_once(build(num, out), out, env)
                     slot = runs.setdefault((name, num), {"cold": None, "warm": []})
                     if r < 0:
@@ -225,6 +254,10 @@ def main(argv=None) -> int:
                         partial = [{"runner": k[0], "images": k[1], **v} for k, v in runs.items()]
                         args.json.parent.mkdir(parents=True, exist_ok=True)
                         args.json.with_suffix(".partial.json").write_text(json.dumps(partial, indent=1))
+    if args.call_batches:
+        call_batches = [int(b) for b in args.call_batches.split(",")]
+        result["per_call"] = call_throughput(engines, args.call_engines.split(","), call_batches, env,
+                                             args.threads)
     peaks_end = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
     peaks = {k: max(peaks[k], peaks_end[k]) for k in peaks}
     with open("/proc/loadavg") as f:
@@ -232,7 +265,11 @@ def main(argv=None) -> int:
     nfe = args.steps + 9
     result["matmul_peak_gflops"] = peaks
     result["timings"] = summarize(runs, nfe, peaks, {name: kind for name, _, kind in cmds.values()})
-    result["markdown"] = markdown(result["timings"], peaks)
+    result["markdown"] = markdown(result["timings"], peaks) + "".join(
+        f"\n{r['engine']}, one model call at batch {r['batch']}: {r['call_s']:.3f} s, "
+        f"{r['images_per_s_per_call']:.2f} images/s per call ({r['images_per_s_per_call'] / nfe:.3f} "
+        f"images/s at NFE {nfe})" for r in result.get("per_call", [])
+    )
     print(result["markdown"])
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
