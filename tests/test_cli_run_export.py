@@ -24,7 +24,9 @@ def run(*args, timeout=900, env=None):
 def test_export_default_then_sample_and_check(tmp_path, precision, engines):
     env = {**os.environ, "PNDM_CACHE_DIR": str(tmp_path / "cache")}
     out = tmp_path / "engines"
-    built = run("pndm-export", "build", "--precision", precision, "--batch", "1:4:8", "--out", str(out))
+    built = run(
+        "pndm-export", "build", "--precision", precision, "--batch", "1:4:8", "--out", str(out), env=env
+    )
     assert built.returncode == 0, built.stderr[-2000:]
     for engine in engines:
         checked = run(
