@@ -49,7 +49,13 @@ from pndm.export.fp16_graph import convert_to_fp16
 from pndm.export.onnx_export import DEFAULT_OPSET, check_opset, export_onnx, save_onnx
 from pndm.export.precision import EXPORT_REL_L2_LIMITS, PRECISIONS, check_onnx_policy, require_export_accuracy
 from pndm.export.publish import staged_export
-from pndm.export.quantize import CALIBRATORS, DEFAULT_CALIBRATOR, QUANT_PRECISIONS, quantize_engines
+from pndm.export.quantize import (
+    CALIBRATORS,
+    DEFAULT_CALIBRATOR,
+    PLACEMENTS,
+    QUANT_PRECISIONS,
+    quantize_engines,
+)
 from pndm.export.verify import compare, evaluate, format_table, require_finite, require_fp32_agreement
 from pndm.fileio import sha256_file
 from pndm.trust import record_built
@@ -77,6 +83,7 @@ class ExportOptions:
     seed: int = 0
     calibrator: str = DEFAULT_CALIBRATOR
     keep_float: tuple[str, ...] = ()
+    placements: tuple[str, ...] = PLACEMENTS
 
 
 @dataclass
@@ -96,6 +103,8 @@ def check_options(options: ExportOptions) -> str | None:
         raise PndmError(f"unknown calibrator {options.calibrator!r}; choose one of {', '.join(CALIBRATORS)}")
     if options.keep_float and options.precision not in QUANT_PRECISIONS:
         raise PndmError(f"--keep-float applies to --precision int8 or fp8, not {options.precision}")
+    if not options.placements or any(p not in PLACEMENTS for p in options.placements):
+        raise PndmError(f"int8 placements must be among {', '.join(PLACEMENTS)}, got {options.placements}")
     if options.trt not in TRT_MODES:
         raise PndmError(f"unknown TensorRT mode trt={options.trt!r}; choose one of {', '.join(TRT_MODES)}")
     check_opset(options.opset)
@@ -255,7 +264,8 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
                 graph, pairs.x.numpy(), pairs.t.numpy(), pairs.eps.numpy(), precision=options.precision,
                 calibrator=options.calibrator, keep_float=options.keep_float,
                 limit=EXPORT_REL_L2_LIMITS[options.precision], batch=options.batch.max,
-                error_of=lambda g, subset: _verify_graph(g, pairs, subset, manifest), log=stage)
+                error_of=lambda g, subset: _verify_graph(g, pairs, subset, manifest), log=stage,
+                placements=options.placements)
             seconds = round(time.perf_counter() - started, 1)
             for engine in engines:
                 name = engine_file_name("onnx", engine.precision, cpu_form=engine.placement == "cpu")

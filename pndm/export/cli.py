@@ -67,6 +67,10 @@ def load_source(model: str | None, checkpoint: str | None, random_init: bool, tr
 @click.option("--keep-float", "keep_float", default="",
               help="int8/fp8: comma-separated layers (module paths, e.g. conv_in,conv_out) to leave in "
                    "float instead of the automatic choice by measured sensitivity.")
+@click.option("--int8-form", "int8_form", type=click.Choice(["both", "tensorrt", "cpu"]), default="both",
+              show_default=True,
+              help="int8: which Q/DQ placements to write: tensorrt (unet.int8.onnx), cpu "
+                   "(unet.int8-cpu.onnx) or both.")
 @click.option("--batch", "batch_text", default=DEFAULT_BATCH, show_default=True,
               help="Batch range MIN:OPT:MAX the engines accept (TensorRT optimizes for OPT).")
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset (17-25 work).")
@@ -97,7 +101,7 @@ def load_source(model: str | None, checkpoint: str | None, random_init: bool, tr
 @debug_option
 def build(model_name, checkpoint, out, precision, batch_text, opset, trt_mode, timing_cache, lean,
           trt_optimization_level, random_init, trust_pickle, calibration_method, calibration_steps,
-          calibration_count, seed, calibrator, keep_float, model_opts):
+          calibration_count, seed, calibrator, keep_float, int8_form, model_opts):
     """Export a model to ONNX (fp32, fp16), bf16 AOTInductor and TensorRT engines, verified against PyTorch.
 
     Writes unet.onnx, unet.fp16.onnx / unet.bf16.pt2 / unet.<precision>.plan as asked, calibration.safetensors
@@ -111,7 +115,8 @@ def build(model_name, checkpoint, out, precision, batch_text, opset, trt_mode, t
                             trt_optimization_level=trt_optimization_level,
                             calibration_method=calibration_method, calibration_steps=calibration_steps,
                             calibration_count=calibration_count, seed=seed, calibrator=calibrator,
-                            keep_float=tuple(name.strip() for name in keep_float.split(",") if name.strip()))
+                            keep_float=tuple(name.strip() for name in keep_float.split(",") if name.strip()),
+                            placements=("tensorrt", "cpu") if int8_form == "both" else (int8_form,))
     check_options(options)  # bad options fail before the model is loaded
     if model_opts["module"] is not None and (model_name or checkpoint or random_init):
         raise PndmError("give one of --module, --model or --checkpoint")

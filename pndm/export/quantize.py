@@ -338,11 +338,13 @@ def check_qdq_structure(model: onnx.ModelProto, precision: str) -> dict[str, int
 def quantize_engines(fp32: onnx.ModelProto, x: np.ndarray, t: np.ndarray, eps: np.ndarray, *, precision: str,
                      calibrator: str, keep_float: tuple[str, ...], limit: float, batch: int,
                      error_of: Callable[[onnx.ModelProto, np.ndarray | None], dict],
-                     log: Callable[[str], None] = print) -> list[QuantizedEngine]:
-    """The Q/DQ engines of ``precision`` (both placements for int8, the TensorRT form for fp8)."""
+                     log: Callable[[str], None] = print,
+                     placements: tuple[str, ...] = PLACEMENTS) -> list[QuantizedEngine]:
+    """The Q/DQ engines of ``precision``: int8 in each of ``placements``, fp8 in the TensorRT form only."""
     require_calibration_data(x, eps, precision)
     kept = resolve_keep_float(fp32, keep_float)
-    placements = PLACEMENTS if precision == "int8" else ("tensorrt",)
+    if precision != "int8":
+        placements = ("tensorrt",)
     engines = []
     with tempfile.TemporaryDirectory(prefix="pndm-quantize-") as workdir:
         quantizer = Quantizer(fp32, x, t, precision=precision, calibrator=calibrator, batch=batch,

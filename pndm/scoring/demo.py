@@ -2,9 +2,9 @@
 the accuracy checker's table and the feature judge's Frechet distance of each, in ``report.md``.
 
 Run after ``pndm-export build --out DIR`` (``python -m pndm.scoring.demo DIR``): it uses the engines it
-finds there (``unet.onnx`` fp32, ``unet.fp16.onnx``, ``unet.int8-cpu.onnx``) and the PyTorch fp32
-reference the manifest names. With 36 images a Frechet distance is a coarse number: read it against
-the real-vs-real baseline at the same n, printed beside it.
+finds there (``unet.onnx`` fp32, ``unet.fp16.onnx``, ``unet.int8.onnx``: the TensorRT Q/DQ form, run by
+ONNX Runtime) and the PyTorch fp32 reference the manifest names. With 36 images a Frechet distance
+is a coarse number: read it against the real-vs-real baseline at the same n, printed beside it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-ENGINE_FILES = {"fp32": "unet.onnx", "fp16": "unet.fp16.onnx", "int8": "unet.int8-cpu.onnx"}
+ENGINE_FILES = {"fp32": "unet.onnx", "fp16": "unet.fp16.onnx", "int8": "unet.int8.onnx"}
 SCALE = 4  # nearest-neighbour enlargement of the 28x28 tiles
 
 
