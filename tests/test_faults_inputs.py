@@ -207,7 +207,7 @@ CASES = [
         "sample-foreign-out",
         run_cli,
         lambda f: _sample(f, "--out", str(f / "foreign")),
-        r"holds files a sampling run does not write \(notes.txt\); choose an empty or new --out",
+        r"holds files pndm-run does not write \(notes.txt\); choose an empty or new --out",
     ),
 ]
 

@@ -82,7 +82,7 @@ def test_out_with_foreign_files_is_refused_and_kept(tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     (out / "seed000000.png").write_bytes(b"old")
-    with pytest.raises(PndmError, match=r"holds files a sampling run does not write \(notes.txt\)"):
+    with pytest.raises(PndmError, match=r"holds files pndm-run does not write \(notes.txt\)"):
         _sample(out)
     assert _content(out) == {"notes.txt": b"mine", "seed000000.png": b"old"}
     assert _leftovers(tmp_path, out) == []

@@ -1,6 +1,7 @@
 """Issue 9's matrix end to end: every kind of model is exported (fp32 ONNX verified within relative L2
-1e-5 of the PyTorch module on real solver states, or the export fails), passes `pndm-run check` with
-its reference found through the manifest alone, and samples with `pndm-run sample`."""
+1e-5 of the PyTorch module on real solver states, or the export fails; fp16 by the ONNX-level rewrite),
+both engines pass `pndm-run check` with the reference found through the manifest alone, and it
+samples with `pndm-run sample`."""
 
 import json
 import subprocess
@@ -72,6 +73,7 @@ MATRIX = ["default", "cifar10_layout", "fourier_skip", "class_conditional", "sca
 def test_export_check_and_sample(tmp_path, kind):
     out = tmp_path / "engines"
     built = run("pndm-export", "build", *_source(kind, tmp_path), "--out", str(out), "--trt", "off",
+                "--precision", "fp16",
                 "--batch", "1:2:4", "--calibration-steps", "5")
     assert built.returncode == 0, built.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
@@ -79,9 +81,10 @@ def test_export_check_and_sample(tmp_path, kind):
     native = {"v_prediction": "v_prediction", "sample": "sample", "edm_module": "sample"}
     assert manifest["model"]["prediction"] == native.get(kind, "epsilon")
     labels = ["--class-label", "3"] if kind == "class_conditional" else []
-    checked = run("pndm-run", "check", "--engine", str(out / "unet.onnx"), "--method", "ddim",
-                  "--steps", "5", "-n", "2", "--batch", "2", "--no-progress", *labels)
-    assert checked.returncode == 0 and "PASS" in checked.stdout, checked.stdout[-3000:] + checked.stderr
+    for engine in ("unet.onnx", "unet.fp16.onnx"):
+        checked = run("pndm-run", "check", "--engine", str(out / engine), "--method", "ddim",
+                      "--steps", "5", "-n", "2", "--batch", "2", "--no-progress", *labels)
+        assert checked.returncode == 0 and "PASS" in checked.stdout, checked.stdout[-3000:] + checked.stderr
     sampled = run("pndm-run", "sample", "--engine", str(out), "--method", "ddim", "--steps", "5",
                   "-n", "2", "--batch", "2", "--out", str(tmp_path / "samples"), "--no-progress", *labels)
     assert sampled.returncode == 0, sampled.stderr[-2000:]

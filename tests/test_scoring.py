@@ -163,6 +163,21 @@ def test_interpolate_ends_are_the_seeds_samples(tiny_checkpoint, tmp_path):
     assert Image.open(out / "strip.png").size[0] > 4 * 28
 
 
+def test_interpolate_output_is_all_or_nothing(tiny_checkpoint, tmp_path):
+    out = tmp_path / "interp"
+    args = ["--seeds", "3", "7", "--frames", "3", "--steps", "2", "--batch", "3", "--out", str(out)]
+    assert run("interpolate", "--engine", str(tiny_checkpoint), *args).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    failed = run("interpolate", "--engine", str(tmp_path / "missing.ckpt"), *args)
+    assert failed.exit_code == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the previous complete run stays
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging left
+    (out / "notes.txt").write_text("mine")
+    refused = run("interpolate", "--engine", str(tiny_checkpoint), *args)
+    assert refused.exit_code == 2 and "holds files pndm-run does not write (notes.txt)" in refused.output
+    assert (out / "notes.txt").read_text() == "mine"
+
+
 def test_sample_saves_trajectory_of_first_batch(tiny_checkpoint, tmp_path):
     out = tmp_path / "traj"
     result = run("sample", "--engine", str(tiny_checkpoint), "--method", "f-pndm", "--steps", "4", "-n", "3",

@@ -139,8 +139,11 @@ def _check_convertible(model: onnx.ModelProto) -> None:
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
             raise PndmError(f"fp16 conversion: node {node.name!r} ({node.op_type}) has a subgraph; graphs "
                             "with control flow are not supported, export with --precision fp32 or bf16")
+    integer_inputs = {v.name for v in graph.input
+                      if v.type.tensor_type.elem_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)}
     for value in (*graph.input, *graph.output):
-        if value.type.tensor_type.elem_type != FLOAT:
+        # integer inputs (class labels) pass through unchanged: only float values are converted
+        if value.type.tensor_type.elem_type != FLOAT and value.name not in integer_inputs:
             raise PndmError(f"fp16 conversion expects a float32 graph; {value.name!r} is not float32")
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from pndm.cli import debug_option
@@ -33,18 +31,19 @@ def interpolate(engine_path, seeds, frames, method, steps, batch, clip_x0, out, 
     from pndm.images import make_grid, save_png, to_uint8
     from pndm.runtime.latents import interpolate_seeds
     from pndm.runtime.loader import load_engine
-    from pndm.runtime.outputs import prepare_out_dir, write_json
+    from pndm.runtime.outputs import staged_output, write_json
 
-    folder = prepare_out_dir(Path(out))
     if threads:
         torch.set_num_threads(threads)
-    engine = load_engine(engine_path, device, threads=threads)
-    images = interpolate_seeds(engine, seeds[0], seeds[1], frames, method=method, steps=steps, batch=batch,
-                               clip_x0=clip_x0)
-    pixels = to_uint8(images)
-    for k, image in enumerate(pixels):
-        save_png(image, folder / f"frame_{k:03d}.png")
-    save_png(make_grid(pixels, ncols=frames), folder / "strip.png")
-    write_json({"seeds": list(seeds), "frames": frames, "method": method, "steps": steps, "clip_x0": clip_x0,
-                "interpolation": "slerp", "engine": engine.describe()}, folder / "run.json")
-    click.echo(f"wrote {frames} frames and strip.png to {folder}", err=True)
+    with staged_output(out) as folder:  # all or nothing: the previous --out stays until the new one is whole
+        engine = load_engine(engine_path, device, threads=threads)
+        images = interpolate_seeds(engine, seeds[0], seeds[1], frames, method=method, steps=steps,
+                                   batch=batch, clip_x0=clip_x0)
+        pixels = to_uint8(images)
+        for k, image in enumerate(pixels):
+            save_png(image, folder / f"frame_{k:03d}.png")
+        save_png(make_grid(pixels, ncols=frames), folder / "strip.png")
+        write_json({"seeds": list(seeds), "frames": frames, "method": method, "steps": steps,
+                    "clip_x0": clip_x0, "interpolation": "slerp", "engine": engine.describe()},
+                   folder / "run.json")
+    click.echo(f"wrote {frames} frames and strip.png to {out}", err=True)

@@ -39,8 +39,10 @@ from pndm.fileio import (
 from pndm.images import make_grid, save_png
 
 GRID_MAX_IMAGES = 64  # grid.png shows the first 64 seeds; every image is still written on its own
-# What a sampling run writes into --out (and the temporary names of pndm's earlier versions).
-_NAMES = r"(seed\d{6,}\.png|grid\.png|run\.json|samples\.npz|trajectory\.png)"
+# What a run of pndm-run sample / interpolate / sweep writes into --out (and the temporary names of pndm's
+# earlier versions).
+_NAMES = (r"(seed\d{6,}\.png|grid\.png|run\.json|samples\.npz|trajectory\.png|frame_\d{3,}\.png|strip\.png"
+          r"|sweep\.(json|md|png))")
 RUN_FILES = re.compile(rf"^({_NAMES}|\.{_NAMES}\.\w+\.tmp|\.pndm-write-test)$")
 
 
@@ -71,7 +73,7 @@ def _check_run_folder(out: Path) -> None:
     if foreign:
         more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
         raise PndmError(
-            f"--out {out} holds files a sampling run does not write ({foreign[0]}{more}); "
+            f"--out {out} holds files pndm-run does not write ({foreign[0]}{more}); "
             "choose an empty or new --out"
         )
 

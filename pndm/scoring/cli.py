@@ -95,7 +95,7 @@ def sweep(engine_paths, methods, steps, grids, num, batch, seed, reference, feat
     from pndm.errors import PndmError
     from pndm.fileio import atomic_write_text
     from pndm.runtime.loader import load_engine
-    from pndm.runtime.outputs import prepare_out_dir
+    from pndm.runtime.outputs import staged_output
     from pndm.runtime.seeds import seed_list
     from pndm.scoring.score import make_featurizer, reference_statistics
     from pndm.scoring.sweep import format_table, plot, run_sweep
@@ -109,22 +109,22 @@ def sweep(engine_paths, methods, steps, grids, num, batch, seed, reference, feat
     for grid in grids:
         parse_grid(grid)  # a bad name fails before any work
     _threads(threads)
-    folder = prepare_out_dir(Path(out))
-    featurizer = make_featurizer(features or ("inception" if inception else "judge"), inception)
-    ref = reference_statistics(featurizer, reference)
-    engines = {}
-    for path in engine_paths:
-        engine = load_engine(path, device, threads=threads)
-        engines[f"{Path(path).name} ({engine.precision})"] = engine
-    shapes = {e.image_shape for e in engines.values()}
-    if len(shapes) > 1:
-        raise PndmError(f"the engines take different image shapes {sorted(shapes)}: sweep one model at a "
-                        "time")
-    result = run_sweep(engines, methods, steps, seed_list(seed, num), batch, ref, featurizer,
-                       grids=grids or (None,), clip_x0=clip_x0, progress=progress)
-    table = format_table(result)
-    atomic_write_text(folder / "sweep.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(folder / "sweep.md", table + "\n")
-    plot(result, folder / "sweep.png")
+    with staged_output(out) as folder:  # all or nothing: the previous --out stays until the new one is whole
+        featurizer = make_featurizer(features or ("inception" if inception else "judge"), inception)
+        ref = reference_statistics(featurizer, reference)
+        engines = {}
+        for path in engine_paths:
+            engine = load_engine(path, device, threads=threads)
+            engines[f"{Path(path).name} ({engine.precision})"] = engine
+        shapes = {e.image_shape for e in engines.values()}
+        if len(shapes) > 1:
+            raise PndmError(f"the engines take different image shapes {sorted(shapes)}: sweep one model at a "
+                            "time")
+        result = run_sweep(engines, methods, steps, seed_list(seed, num), batch, ref, featurizer,
+                           grids=grids or (None,), clip_x0=clip_x0, progress=progress)
+        table = format_table(result)
+        atomic_write_text(folder / "sweep.json", json.dumps(result, indent=2) + "\n")
+        atomic_write_text(folder / "sweep.md", table + "\n")
+        plot(result, folder / "sweep.png")
     click.echo(table)
-    click.echo(f"wrote {folder / 'sweep.md'}, sweep.json, sweep.png", err=True)
+    click.echo(f"wrote {Path(out) / 'sweep.md'}, sweep.json, sweep.png", err=True)
