@@ -85,13 +85,17 @@ def onnx_input_dtypes(model: onnx.ModelProto) -> dict[str, dict[str, int]]:
 def check_onnx_policy(model: onnx.ModelProto) -> dict[str, dict[str, int]]:
     """Raise unless the graph follows the fp16 policy; return the per-op dtype counts.
 
-    Required: graph inputs and outputs float32; every Conv/MatMul/Gemm input and every Conv
-    weight float16; every normalisation, normalisation statistic (ReduceMean, Pow, Sqrt),
+    Required: graph inputs (but integer class labels) and outputs float32; every Conv/MatMul/Gemm
+    input and every Conv weight float16; every normalisation, normalisation statistic (ReduceMean, Pow, Sqrt),
     Softmax, Sin and Cos input float32; every float input of every node that feeds Sin/Cos
     (the t * freq product) float32.
     """
+    inputs = {value.name for value in model.graph.input}
     for value in (*model.graph.input, *model.graph.output):
-        dtype = _ONNX_NAMES.get(value.type.tensor_type.elem_type, "unknown")
+        elem_type = value.type.tensor_type.elem_type
+        if value.name in inputs and elem_type == onnx.TensorProto.INT64:
+            continue  # class labels: an integer input, untouched by the fp16 rewrite
+        dtype = _ONNX_NAMES.get(elem_type, "unknown")
         if dtype != "float32":
             raise PndmError(f"fp16 graph: {value.name!r} is {dtype}, the engine interface must stay float32")
     counts = onnx_input_dtypes(model)
