@@ -10,34 +10,10 @@ from pathlib import Path
 
 import pytest
 from diffusers_fixtures import diffusers_unet, save_pipeline, save_unet, scheduler_kwargs
+from user_nets import NETS
 
 BIN = Path(sys.executable).parent
 TESTS = Path(__file__).parent
-TINY_NET = '''
-import math
-import torch
-from torch import nn
-
-
-class TinyNet(nn.Module):
-    """Not a UNet2DModel: convs with a sinusoidal time embedding added as a bias."""
-
-    def __init__(self, channels=3, width=8):
-        super().__init__()
-        self.inp = nn.Conv2d(channels, width, 3, padding=1)
-        self.temb = nn.Linear(16, width)
-        self.out = nn.Conv2d(width, channels, 3, padding=1)
-
-    def forward(self, x, t):
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(8, dtype=torch.float32) / 8)
-        arg = t[:, None].float() * freqs[None]
-        emb = self.temb(torch.cat([arg.sin(), arg.cos()], 1))
-        return self.out(torch.nn.functional.silu(self.inp(x) + emb[:, :, None, None]))
-
-
-def make():
-    return TinyNet()
-'''
 
 
 def run(*args, timeout=900):
@@ -55,7 +31,7 @@ def _source(kind, tmp_path):
                                **scheduler_kwargs(prediction_type=kind))
         return ["--checkpoint", str(folder)]
     if kind == "module":
-        (tmp_path / "nets.py").write_text(TINY_NET)
+        (tmp_path / "nets.py").write_text(NETS)
         return ["--module", f"{tmp_path / 'nets.py'}:make", "--image-shape", "3,16,16",
                 "--schedule", "quad", "--beta-start", "0.00085", "--beta-end", "0.012"]
     if kind == "edm_module":

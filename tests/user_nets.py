@@ -1,0 +1,51 @@
+"""The source of small user modules (MODULE:FACTORY), written to a .py file by the tests that need one."""
+
+import textwrap
+
+NETS = textwrap.dedent('''
+    import math
+    import torch
+    from torch import nn
+
+
+    class TinyNet(nn.Module):
+        """Not a UNet2DModel: three convs with a sinusoidal time embedding added as a bias."""
+
+        def __init__(self, channels=3, width=8):
+            super().__init__()
+            self.inp = nn.Conv2d(channels, width, 3, padding=1)
+            self.temb = nn.Linear(16, width)
+            self.out = nn.Conv2d(width, channels, 3, padding=1)
+
+        def forward(self, x, t):
+            freqs = torch.exp(-math.log(10000.0) * torch.arange(8, dtype=torch.float32) / 8)
+            arg = t[:, None].float() * freqs[None]
+            emb = self.temb(torch.cat([arg.sin(), arg.cos()], 1))
+            return self.out(torch.nn.functional.silu(self.inp(x) + emb[:, :, None, None]))
+
+
+    def make():
+        return TinyNet()
+
+
+    def one_input():
+        class Net(nn.Module):
+            def forward(self, x):
+                return x
+        return Net()
+
+
+    def wrong_shape():
+        class Net(nn.Module):
+            def forward(self, x, t):
+                return x[:, :1]
+        return Net()
+
+
+    def not_a_module():
+        return 42
+
+
+    def broken():
+        raise RuntimeError("out of coffee")
+''')
