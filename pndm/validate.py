@@ -93,6 +93,6 @@ def available_device(name: str):
     device = torch.device(name)
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if device.type == "cuda" and (device.index or 0) >= count:
-        other = "--device cpu" if count == 0 else f"--device cpu or cuda:0..{count - 1}"
-        raise PndmError(f"--device {name}: torch sees {count} CUDA devices; use {other}")
+        other = "device='cpu'" if count == 0 else f"device='cpu' or one of cuda:0..{count - 1}"
+        raise PndmError(f"device={name!r}: torch sees {count} CUDA devices; use {other}")
     return device

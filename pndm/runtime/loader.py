@@ -39,10 +39,9 @@ DEFAULT_ENGINE = "unet.onnx"
 def resolve_device(device: str | torch.device | None, kind: str | None = None) -> torch.device:
     """``auto``/None -> CUDA when torch sees a GPU (and, for ONNX, ORT has its CUDA provider), else CPU."""
     if device not in (None, "auto"):
-        device = torch.device(device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise EngineError("device='cuda' was asked for but torch sees no CUDA device: use device='cpu'")
-        return device
+        from pndm.validate import available_device
+
+        return available_device(str(device))
     if not torch.cuda.is_available():
         return torch.device("cpu")
     if kind == "onnx":
