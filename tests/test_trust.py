@@ -166,6 +166,7 @@ def test_plans_are_deserialized_with_host_code_disallowed(switch):
 
 def test_foreign_plan_never_reaches_tensorrt(tmp_path, fresh_cache, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     reached = []
     monkeypatch.setattr(trt_engine, "import_tensorrt", lambda: reached.append(1) or FakeTrt())
     path = engine_folder(tmp_path / "e", "unet.fp16.plan", "tensorrt", "fp16")

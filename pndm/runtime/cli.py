@@ -228,6 +228,9 @@ def sample(
     output = staged_output(out) if env.is_main else contextlib.nullcontext()
     with output as folder, process_group(env):
         threads = _set_threads(threads)
+        from pndm.runtime.engine_cache import take_cache_events
+
+        take_cache_events()  # run.json records this run's cache decisions only (not earlier ones in-process)
         with phases.phase("load"):
             engine = load_engine(
                 engine_path,
