@@ -52,6 +52,18 @@ def to_eps(output: torch.Tensor, x_t: torch.Tensor, log_alpha_bar: torch.Tensor,
     return a.to(output).view(shape) * x_t - b.to(output).view(shape) * output
 
 
+def training_target(prediction: str, x0: torch.Tensor, noise: torch.Tensor,
+                    alpha_bar: torch.Tensor) -> torch.Tensor:
+    """What a model that outputs ``prediction`` is trained to output at ``x_t = sqrt(ab) x0 +
+    sqrt(1-ab) noise`` (``alpha_bar`` broadcastable to x0): noise (Ho et al. 2020, eq. 14), v =
+    sqrt(ab) noise - sqrt(1-ab) x0 (Salimans & Ho 2022, sec. 4) or x0; :func:`to_eps` inverts it."""
+    if check_prediction(prediction) == "epsilon":
+        return noise
+    if prediction == "v_prediction":
+        return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
+    return x0
+
+
 def as_eps(model, prediction: str, schedule):
     """An eps callable ``eps(x, t, *class_labels)`` around a model that outputs ``prediction``
     (a :class:`pndm.schedules.Schedule` gives alpha_bar); the model itself for epsilon models."""

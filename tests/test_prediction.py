@@ -47,3 +47,15 @@ def test_unknown_prediction_type_is_one_line():
     with pytest.raises(PndmError, match="unknown prediction type 'flow'; choose one of epsilon, "
                                         "v_prediction, sample"):
         to_eps(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1), torch.zeros(1), "flow")
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+def test_training_target_is_what_to_eps_inverts(prediction):
+    """A model that outputs its training target exactly gives back the true eps."""
+    from pndm.prediction import training_target
+
+    s = make_schedule("linear")
+    t = torch.tensor([0.0, 250.0, 700.0, 999.0])
+    x0, eps, x_t, ab = _state(s, t)
+    target = training_target(prediction, x0, eps, ab)
+    assert torch.allclose(to_eps(target, x_t, s.log_alpha_bar(t), prediction), eps, atol=2e-3)

@@ -47,3 +47,34 @@ def test_t_focus_draws_the_share_from_the_top(tmp_path):
     for bad in ("900", "1000:0.5", "10:1.5", "a:b"):
         with pytest.raises(PndmError, match="--t-focus"):
             Trainer(TrainConfig(data="mnist", arch="tiny28", out=str(tmp_path / "bad"), t_focus=bad))
+
+
+def test_v_prediction_run_learns_v_and_records_it(tmp_path):
+    """--prediction v_prediction: the loss is on v = sqrt(ab) eps - sqrt(1-ab) x0 (not eps), the
+    checkpoint says so, the loader hands the runtime a v model, and a resume cannot switch it."""
+    from pndm.models import load
+
+    config = TrainConfig(data="mnist", arch="tiny28", out=str(tmp_path / "run"), batch=4, steps=1,
+                         prediction="v_prediction", init_from=None)
+    trainer = Trainer(config)
+    state = trainer.generator.get_state()
+    x0, t, noise = trainer._batch()
+    trainer.generator.set_state(state)
+    torch.manual_seed(5)
+    ab = trainer.alphas_cumprod[t].view(-1, 1, 1, 1)
+    trainer.model.train()
+    with torch.no_grad():
+        output = trainer.model(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t.float())
+    v = ab.sqrt() * noise - (1 - ab).sqrt() * x0
+    torch.manual_seed(5)  # the same dropout draw inside train_step
+    loss = trainer.train_step()
+    assert loss == pytest.approx((output - v).square().mean().item(), rel=1e-5)
+    assert loss != pytest.approx((output - noise).square().mean().item(), rel=1e-3)
+    trainer.save()
+    _, spec = load(str(tmp_path / "run" / "ema.safetensors"))
+    assert spec.prediction == "v_prediction"
+
+    with pytest.raises(PndmError, match="--prediction differs"):
+        again = Trainer(TrainConfig(data="mnist", arch="tiny28", out=str(tmp_path / "run"), batch=4,
+                                    steps=2))
+        again.resume()

@@ -2,7 +2,8 @@
 
 A config arrives as a plain dict or a JSON/YAML file in one of three shapes:
 
-* pndm's own: ``{"format": "pndm-checkpoint/1", "architecture", "model", "diffusion": {"schedule", "T"}}``;
+* pndm's own: ``{"format": "pndm-checkpoint/1", "architecture", "model", "diffusion": {"schedule", "T",
+  "prediction"}}`` (``prediction``, the model's native output, defaults to epsilon);
 * an original YAML file: ermongroup/ddim (``model:``, ``data: image_size``, ``diffusion:
   beta_schedule/num_diffusion_timesteps``) or luping-liu/PNDM (``Model:``, ``Dataset:``,
   ``Schedule: type/diffusion_step``);
@@ -26,6 +27,7 @@ import yaml
 from pndm.errors import PndmError
 from pndm.models.ddpm_unet import DDPMUNetConfig
 from pndm.models.iddpm_unet import IDDPMUNetConfig
+from pndm.prediction import check_prediction
 from pndm.schedules import DIFFUSERS_BETA_SCHEDULES, SCHEDULE_NAMES, ScheduleSpec
 from pndm.validate import check_dataclass_values
 
@@ -58,11 +60,13 @@ ARCHITECTURE_MARKERS = {"ddpm": "ch", "iddpm": "model_channels"}
 
 @dataclass(frozen=True)
 class ParsedConfig:
-    """An architecture, its config dataclass, and the schedule the config states (None if silent)."""
+    """An architecture, its config dataclass, and the schedule and prediction type the config
+    states (None if silent)."""
 
     architecture: str
     model: Any
     schedule: ScheduleSpec | None = None
+    prediction: str | None = None
 
 
 def dataclass_from_dict(cls: type, raw: dict[str, Any], what: str):
@@ -116,7 +120,7 @@ def schedule_spec(kind: str, T: int | None, beta_start: float | None, beta_end: 
 def _schedule_from_sections(raw: dict[str, Any], what: str) -> ScheduleSpec | None:
     diffusion = raw.get("diffusion")
     if isinstance(diffusion, dict) and "schedule" in diffusion:  # pndm's own: the ScheduleSpec fields
-        fields = {k: v for k, v in diffusion.items() if k != "schedule"}
+        fields = {k: v for k, v in diffusion.items() if k not in ("schedule", "prediction")}
         return ScheduleSpec.from_dict({"name": diffusion["schedule"], **fields}, what)
     if isinstance(diffusion, dict) and "beta_schedule" in diffusion:  # ermongroup/ddim YAML
         return schedule_spec(diffusion["beta_schedule"], diffusion.get("num_diffusion_timesteps"),
@@ -126,6 +130,17 @@ def _schedule_from_sections(raw: dict[str, Any], what: str) -> ScheduleSpec | No
         return schedule_spec(sched["type"], sched.get("diffusion_step"), sched.get("beta_start"),
                              sched.get("beta_end"), what)
     return None
+
+
+def _prediction_from_sections(raw: dict[str, Any], what: str) -> str | None:
+    """pndm's own ``diffusion.prediction`` (what the model outputs), None when the config is silent."""
+    diffusion = raw.get("diffusion")
+    if not isinstance(diffusion, dict) or "prediction" not in diffusion:
+        return None
+    try:
+        return check_prediction(diffusion["prediction"])
+    except PndmError as exc:
+        raise PndmError(f"{what}: {exc}") from None
 
 
 def detect_architecture(section: dict[str, Any], what: str) -> str:
@@ -157,7 +172,8 @@ def parse_config(raw: dict[str, Any], what: str = "config") -> ParsedConfig:
     data = raw.get("data", raw.get("Dataset", {}))
     if isinstance(data, dict) and "image_size" in data and "image_size" not in section:
         section = {**section, "image_size": data["image_size"]}
-    return ParsedConfig(arch, model_config(arch, section, what), _schedule_from_sections(raw, what))
+    return ParsedConfig(arch, model_config(arch, section, what), _schedule_from_sections(raw, what),
+                        _prediction_from_sections(raw, what))
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -61,6 +61,7 @@ def _spec(parsed: ParsedConfig, source: str, kind: str, *, path: Path | None = N
         schedule=schedule.name,
         T=schedule.T,
         schedule_spec=schedule,
+        prediction=parsed.prediction or "epsilon",
         source=source,
         source_kind=kind,
         sha256=sha256,

@@ -1,1 +1,1 @@
-"""pndm.train: DDPM eps-prediction training (the objective of the DDIM/PNDM repos)."""
+"""pndm.train: DDPM eps- (or v-) prediction training (the objective of the DDIM/PNDM repos)."""

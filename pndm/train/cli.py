@@ -1,4 +1,4 @@
-"""``pndm-train``: DDPM eps-prediction training from the command line."""
+"""``pndm-train``: DDPM eps- or v-prediction training from the command line."""
 
 from __future__ import annotations
 
@@ -30,7 +30,11 @@ SEED_MAX = (2**64 - 1000) // 1000
 @click.option("--warmup", type=click.IntRange(min=0), default=200, help="Linear learning-rate warm-up steps.")
 @click.option("--ema", type=FiniteFloat(0, 1), default=0.9999,
               help="EMA decay (warmed up as min(decay, (1+k)/(10+k))).")
-@click.option("--loss", type=click.Choice(["l2", "l1"]), default="l2", help="Loss on the eps prediction.")
+@click.option("--loss", type=click.Choice(["l2", "l1"]), default="l2", help="Loss on the model's prediction.")
+@click.option("--prediction", type=click.Choice(["epsilon", "v_prediction"]), default="epsilon",
+              help="What the network learns to output: eps, or v = sqrt(ab) eps - sqrt(1-ab) x0 "
+                   "(its large-t x0 estimate does not amplify errors; recorded in the checkpoint, "
+                   "engines convert it). With --init-from an eps model, fine-tunes it into a v model.")
 @click.option("--schedule", type=click.Choice(["linear", "quad", "cosine"]), default="linear",
               help="Noise schedule (betas).")
 @click.option("--timesteps", "T", type=click.IntRange(min=2), default=1000,
@@ -62,7 +66,7 @@ SEED_MAX = (2**64 - 1000) // 1000
               help="Torch device (cpu, cuda, cuda:N).")
 @debug_option
 def train(device, resume, allow_change, **options):
-    """Train a DDPM UNet (eps prediction) and write pndm checkpoints.
+    """Train a DDPM UNet (eps or v prediction) and write pndm checkpoints.
 
     Under `torchrun --nproc_per_node=K` the same command trains data-parallel
     (DistributedDataParallel; gloo on CPU, nccl on GPU); --batch is per process.

@@ -1,8 +1,13 @@
-"""The DDPM training loop: eps-prediction loss, EMA weights, exact resume, data parallel.
+"""The DDPM training loop: eps- (or v-) prediction loss, EMA weights, exact resume, data parallel.
 
 Objective (Ho et al. 2020, Eq. 14, "L_simple"):
     t ~ U{0, ..., T-1},  eps ~ N(0, I),  x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps,
     loss = || eps - eps_theta(x_t, t) ||^2   (or |.| with ``loss="l1"``).
+With ``prediction="v_prediction"`` the network learns v = sqrt(ab) eps - sqrt(1-ab) x_0 instead
+(Salimans & Ho 2022, sec. 4; :func:`pndm.prediction.training_target`): its x_0 estimate at large t is
+-v rather than (x_t - sqrt(1-ab) eps) / sqrt(ab), so an error there is not amplified by
+1/sqrt(ab) ~ 100, which is what saturates deterministic samples of a briefly trained eps model.
+The checkpoint's ``diffusion.prediction`` records it; engines convert to eps (:mod:`pndm.prediction`).
 EMA (DDIM/PNDM repos): ema <- d * ema + (1 - d) * theta after every step, with the warm-up
 d_k = min(d, (1 + k) / (10 + k)) so that short runs still average sensibly.
 
@@ -27,6 +32,7 @@ from tqdm import tqdm
 
 from pndm.errors import PndmError
 from pndm.models import build_model, load_checkpoint
+from pndm.prediction import training_target
 from pndm.schedules import make_schedule
 from pndm.train.checkpoints import holds_run, read_unit, write_unit
 from pndm.train.data import fit_resolution, load_images, to_model_range
@@ -55,7 +61,7 @@ class TrainConfig:
     resize: bool = False
     init_from: str | None = None
     t_focus: str | None = None
-
+    prediction: str = "epsilon"
 
 
 
@@ -130,8 +136,9 @@ class Trainer:
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         self.model.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
-            eps = self.ddp(x_t, t.float())
-        error = eps.float() - noise
+            output = self.ddp(x_t, t.float())
+        target = training_target(self.config.prediction, x0, noise, ab)
+        error = output.float() - target
         loss = error.abs().mean() if self.config.loss == "l1" else error.square().mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -157,7 +164,8 @@ class Trainer:
         return {
             "architecture": "ddpm",
             "model": {k: list(v) if isinstance(v, tuple) else v for k, v in self.model_config.items()},
-            "diffusion": {"schedule": self.config.schedule, "T": self.config.T},
+            "diffusion": {"schedule": self.config.schedule, "T": self.config.T,
+                          "prediction": self.config.prediction},
             "training": {**asdict(self.config), "step": self.step, "world_size": self.world,
                          "data_sha256": self.data_sha256},
         }
@@ -228,7 +236,8 @@ class Trainer:
     def _check_same_run(self, saved: dict, allow_change: tuple[str, ...]) -> None:
         training = saved.get("training", {})
         now = {**asdict(self.config), "arch": self._checkpoint_config()["model"], "data": self.data_sha256}
-        before = {**training, "arch": saved.get("model"), "data": training.get("data_sha256")}
+        before = {**training, "arch": saved.get("model"), "data": training.get("data_sha256"),
+                  "prediction": training.get("prediction", "epsilon")}  # runs saved before the field
         if before["data"] is None:  # a run saved before data hashes: compare the --data value
             now["data"], before["data"] = self.config.data, training.get("data")
         for option, field in RUN_FIELDS.items():

@@ -18,12 +18,13 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 # Settings a resumed run must share with the run it continues, by option name (``--allow-change`` lifts
-# the check for all but arch and data); "arch" is compared as the resolved model config, "data" as a
+# the check for all but arch, data and prediction); "arch" is compared as the resolved model config, "data" as a
 # hash of the training images.
 RUN_FIELDS = {"arch": "arch", "data": "data", "schedule": "schedule", "timesteps": "T", "lr": "lr",
               "batch": "batch", "warmup": "warmup", "ema": "ema", "loss": "loss", "grad-clip": "grad_clip",
-              "seed": "seed", "bf16": "bf16", "t-focus": "t_focus"}
-CHANGEABLE_FIELDS = tuple(name for name in RUN_FIELDS if name not in ("arch", "data"))
+              "seed": "seed", "bf16": "bf16", "t-focus": "t_focus",
+              "prediction": "prediction"}
+CHANGEABLE_FIELDS = tuple(name for name in RUN_FIELDS if name not in ("arch", "data", "prediction"))
 
 
 def resolve_arch(arch: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import torch
 
 from pndm.images import save_grid
 from pndm.models import build_model
+from pndm.prediction import as_eps
 from pndm.solvers import sample
 
 PREVIEW_METHOD, PREVIEW_STEPS, PREVIEW_COUNT = "f-pndm", 20, 36
@@ -19,5 +20,6 @@ def save_preview(trainer) -> None:
     cfg = trainer.model_config
     shape = (PREVIEW_COUNT, cfg["in_channels"], cfg["resolution"], cfg["resolution"])
     x_T = torch.randn(shape, generator=torch.Generator().manual_seed(1234)).to(trainer.device)
-    images = sample(model, x_T, PREVIEW_METHOD, PREVIEW_STEPS, trainer.schedule)
+    eps = as_eps(model, trainer.config.prediction, trainer.schedule)
+    images = sample(eps, x_T, PREVIEW_METHOD, PREVIEW_STEPS, trainer.schedule)
     save_grid(images, trainer.out / "samples" / f"step_{trainer.step:07d}.png")
