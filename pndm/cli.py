@@ -68,6 +68,14 @@ def debug_option(f):
     )(f)
 
 
+trust_engine_option = click.option(
+    "--trust-engine", is_flag=True, default=False,
+    help="Load a .pt2 package or TensorRT plan that pndm did not build on this machine (they carry native "
+    "code: use only files from a source you trust).",
+)
+"""``--trust-engine``, for every command that loads an engine (:mod:`pndm.trust`)."""
+
+
 def _debugging() -> bool:
     return "--debug" in sys.argv[1:] or os.environ.get("PNDM_DEBUG", "") not in ("", "0")
 

@@ -102,15 +102,27 @@ def test_record_is_per_hash_not_per_name(tmp_path, fresh_cache, aoti_loads):
     assert aoti_loads == []
 
 
-def test_cli_says_how_to_opt_in(tmp_path, fresh_cache, aoti_loads):
+ENGINE_COMMANDS = {  # every pndm-run command that loads an engine, with what it needs besides --engine
+    "sample": ["--out", "{tmp}/o", "--no-progress"],
+    "check": ["--no-progress"],
+    "sweep": ["--out", "{tmp}/o", "--steps", "5", "-n", "2", "--no-progress"],
+    "interpolate": ["--out", "{tmp}/o"],
+    "tune": ["--nfe", "5", "--out", "{tmp}/o/recipe.json"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(ENGINE_COMMANDS))
+def test_cli_says_how_to_opt_in(tmp_path, fresh_cache, aoti_loads, command):
     path = engine_folder(tmp_path / "e", "unet.bf16.pt2", "aoti", "bf16", device="cpu")
-    for command in (["sample", "--out", str(tmp_path / "o")], ["check"]):
-        result = CliRunner().invoke(run_cli, [*command, "--engine", str(path), "--no-progress"])
-        assert result.exit_code == 2, result.output
-        line = result.output.strip()
-        assert line.startswith("error: ") and "\n" not in line
-        assert "did not build on this machine" in line and "pass --trust-engine" in line
+    args = [command, "--engine", str(path), *(a.format(tmp=tmp_path) for a in ENGINE_COMMANDS[command])]
+    result = CliRunner().invoke(run_cli, args)
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert line.startswith("error: ") and "\n" not in line
+    assert "did not build on this machine" in line and "pass --trust-engine" in line
     assert aoti_loads == [] and not (tmp_path / "o").exists()
+    CliRunner().invoke(run_cli, [*args, "--trust-engine"])  # the fake engine's output need not make sense
+    assert aoti_loads, f"{command} --trust-engine did not reach the loader"
 
 
 def test_cache_root_follows_the_environment(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import torch
 
-from pndm.cli import debug_option
+from pndm.cli import debug_option, trust_engine_option
 from pndm.errors import PndmError
 from pndm.runtime.tune import grid_options, resolve_grid
 from pndm.validate import Device, FiniteFloat
@@ -25,11 +25,6 @@ THREADS_HELP = (
     "processes). On a busy machine 1 can be much faster: OpenMP threads that wait for a taken core spin."
 )
 DEVICE_HELP = "cpu, cuda, cuda:N, or auto (CUDA when available, else CPU; .pt2: the device it was built for)."
-trust_engine_option = click.option(
-    "--trust-engine", is_flag=True, default=False,
-    help="Load a .pt2 package or TensorRT plan that pndm did not build on this machine (they carry native "
-    "code: use only files from a source you trust).",
-)
 
 
 class MethodChoice(click.Choice):

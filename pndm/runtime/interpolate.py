@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pndm.cli import debug_option
+from pndm.cli import debug_option, trust_engine_option
 from pndm.runtime.cli import DEVICE_HELP, ENGINE_HELP, THREADS_HELP, MethodChoice, clip_x0_option
 
 
@@ -23,8 +23,10 @@ from pndm.runtime.cli import DEVICE_HELP, ENGINE_HELP, THREADS_HELP, MethodChoic
               help="Output folder: frame_<k>.png, strip.png and run.json.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
+@trust_engine_option
 @debug_option
-def interpolate(engine_path, seeds, frames, method, steps, batch, clip_x0, out, device, threads):
+def interpolate(engine_path, seeds, frames, method, steps, batch, clip_x0, out, device, threads,
+                trust_engine):
     """Decode spherical interpolations between two seeds' noise x_T into a strip of images."""
     import torch
 
@@ -36,7 +38,7 @@ def interpolate(engine_path, seeds, frames, method, steps, batch, clip_x0, out, 
     if threads:
         torch.set_num_threads(threads)
     with staged_output(out) as folder:  # all or nothing: the previous --out stays until the new one is whole
-        engine = load_engine(engine_path, device, threads=threads)
+        engine = load_engine(engine_path, device, threads=threads, trust=trust_engine)
         images = interpolate_seeds(engine, seeds[0], seeds[1], frames, method=method, steps=steps,
                                    batch=batch, clip_x0=clip_x0)
         pixels = to_uint8(images)

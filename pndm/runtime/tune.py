@@ -23,7 +23,7 @@ from pathlib import Path
 import click
 import torch
 
-from pndm.cli import debug_option
+from pndm.cli import debug_option, trust_engine_option
 from pndm.errors import PndmError
 
 RECIPE_FORMAT = "pndm-recipe/1"
@@ -242,8 +242,9 @@ def _reference(engine, x_T, schedule):
 @click.option(
     "--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch / ONNX Runtime."
 )
+@trust_engine_option
 @debug_option
-def tune(engine_path, nfe, num_seeds, holdout, seed, budget, out_path, device, threads):
+def tune(engine_path, nfe, num_seeds, holdout, seed, budget, out_path, device, threads, trust_engine):
     """Measure every (method, grid) within an NFE budget on this model, tune the best one's timesteps,
     and save the recipe that pndm-run sample --recipe / --grid tuned uses."""
     from pndm.runtime.loader import load_engine
@@ -255,7 +256,7 @@ def tune(engine_path, nfe, num_seeds, holdout, seed, budget, out_path, device, t
     if threads:
         torch.set_num_threads(threads)
     out = Path(out_path) if out_path else default_recipe_path(engine_path)
-    engine = load_engine(engine_path, device, threads=threads)
+    engine = load_engine(engine_path, device, threads=threads, trust=trust_engine)
     engine.check_batch(max(num_seeds, holdout))
     schedule = engine.schedule
     x_T = image_noise(seed_list(seed, num_seeds), engine.image_shape, engine.device)

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from pndm.cli import debug_option
+from pndm.cli import debug_option, trust_engine_option
 
 FEATURES_HELP = ("Feature network: 'judge' (pndm's shipped MNIST/Fashion-MNIST judge, 128-d) or "
                  "'inception' (FID's Inception-v3, needs --inception).")
@@ -86,9 +86,10 @@ def _int_list(ctx, param, value):
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
+@trust_engine_option
 @debug_option
 def sweep(engine_paths, methods, steps, grids, num, batch, seed, reference, features, inception, clip_x0, out,
-          device, threads, progress):
+          device, threads, progress, trust_engine):
     """Frechet distance against NFE for methods and engines of one model: a table and a plot."""
     from pathlib import Path
 
@@ -114,7 +115,7 @@ def sweep(engine_paths, methods, steps, grids, num, batch, seed, reference, feat
         ref = reference_statistics(featurizer, reference)
         engines = {}
         for path in engine_paths:
-            engine = load_engine(path, device, threads=threads)
+            engine = load_engine(path, device, threads=threads, trust=trust_engine)
             engines[f"{Path(path).name} ({engine.precision})"] = engine
         shapes = {e.image_shape for e in engines.values()}
         if len(shapes) > 1:

@@ -18,8 +18,8 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 # Settings a resumed run must share with the run it continues, by option name (``--allow-change`` lifts
-# the check for all but arch, data and prediction); "arch" is compared as the resolved model config, "data" as a
-# hash of the training images.
+# the check for all but arch, data and prediction); "arch" is compared as the resolved model config,
+# "data" as a hash of the training images.
 RUN_FIELDS = {"arch": "arch", "data": "data", "schedule": "schedule", "timesteps": "T", "lr": "lr",
               "batch": "batch", "warmup": "warmup", "ema": "ema", "loss": "loss", "grad-clip": "grad_clip",
               "seed": "seed", "bf16": "bf16", "t-focus": "t_focus",
