@@ -34,6 +34,7 @@ TRT11 = TrtCapabilities("11.4.0", has_fp16_flag=False, has_strongly_typed=True,
 # layers in float, against 1.5e-2 for the trained default model): the structural tests lift the limit
 # and name the float layers (the automatic policy has its own test).
 TINY_LIMITS = {**EXPORT_REL_L2_LIMITS, "int8": 0.5, "fp8": 0.5}
+TINY_NEAR_DATA_LIMITS = {"int8": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def int8_export(tmp_path_factory):
     lines: list[str] = []
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("pndm.export.precision.EXPORT_REL_L2_LIMITS", TINY_LIMITS)
-        patch.setattr("pndm.export.build.EXPORT_REL_L2_LIMITS", TINY_LIMITS)
+        patch.setattr("pndm.export.precision.NEAR_DATA_REL_L2_LIMITS", TINY_NEAR_DATA_LIMITS)
         options = tiny_options(out, precision="int8", trt="off", keep_float=("conv_in", "conv_out"))
         result = build_engines(model, spec, options, log=lines.append)
     return out, result, lines
@@ -52,7 +53,7 @@ def int8_export(tmp_path_factory):
 @pytest.fixture
 def tiny_limits(monkeypatch):
     monkeypatch.setattr("pndm.export.precision.EXPORT_REL_L2_LIMITS", TINY_LIMITS)
-    monkeypatch.setattr("pndm.export.build.EXPORT_REL_L2_LIMITS", TINY_LIMITS)
+    monkeypatch.setattr("pndm.export.precision.NEAR_DATA_REL_L2_LIMITS", TINY_NEAR_DATA_LIMITS)
 
 
 def test_an_engine_over_the_limit_fails_the_export_in_one_line(tmp_path):
@@ -217,9 +218,10 @@ def test_structure_check_rejects_invalid_graphs(int8_export, how, message):
         check_qdq_structure(_broken(model, how), "int8")
 
 
-def test_policy_keeps_the_most_sensitive_layers_until_the_limit(int8_export, tmp_path):
+def test_policy_keeps_the_most_sensitive_layers_until_the_limit(int8_export, tmp_path, monkeypatch):
     """With a limit between 'all quantized' and fp32, the policy keeps a few layers in float."""
     from pndm.calibration import load_pairs
+    from pndm.export import precision
     from pndm.export.build import _verify_graph
 
     out, _, _ = int8_export
@@ -236,16 +238,22 @@ def test_policy_keeps_the_most_sensitive_layers_until_the_limit(int8_export, tmp
     def worst(stats):
         return max([stats["rel_l2"], *(row["rel_l2"] for row in stats["by_t"])])
 
-    placement = "tensorrt"
+    def set_limit(limit):  # one limit for every t range
+        monkeypatch.setitem(precision.EXPORT_REL_L2_LIMITS, "int8", limit)
+        monkeypatch.setitem(precision.NEAR_DATA_REL_L2_LIMITS, "int8", limit)
+
+    placement, T = "tensorrt", manifest.schedule.T
     all_quantized = worst(error_of(quantizer.quantize(placement, []), None))
     logs: list[str] = []
     limit = 0.85 * all_quantized
-    kept, reasons, stats = choose_float_layers(quantizer, placement, limit, error_of, logs.append)
+    set_limit(limit)
+    kept, reasons, stats = choose_float_layers(quantizer, placement, T, error_of, logs.append)
     assert 1 <= len(kept) <= len(layer_names(fp32)) // 2
     assert set(reasons) == set(kept) and all("alone in float" in r for r in reasons.values())
     assert worst(stats) <= limit
+    set_limit(1e-9)
     with pytest.raises(PndmError, match="even with"):
-        choose_float_layers(quantizer, placement, 1e-9, error_of, logs.append)
+        choose_float_layers(quantizer, placement, T, error_of, logs.append)
     assert resolve_keep_float(fp32, ("conv_in",)) == ["conv_in"]
 
 
@@ -265,3 +273,33 @@ def test_trt_plans_for_qdq_networks():
                               has_precision_constraints=True)
     with pytest.raises(PndmError, match="neither"):
         plan_build(no_int8, precision="int8", batch=batch, image_shape=(3, 32, 32))
+
+
+def test_the_range_nearest_the_data_has_its_own_limit():
+    """int8: [0, 0.1 T) is judged against NEAR_DATA_REL_L2_LIMITS, the other ranges against
+    EXPORT_REL_L2_LIMITS; other precisions use one limit everywhere."""
+    from pndm.export.precision import (
+        EXPORT_REL_L2_LIMITS,
+        NEAR_DATA_REL_L2_LIMITS,
+        limit_excess,
+        rel_l2_limit,
+        require_export_accuracy,
+    )
+
+    near, far = NEAR_DATA_REL_L2_LIMITS["int8"], EXPORT_REL_L2_LIMITS["int8"]
+    assert near > far and rel_l2_limit("int8", 0, 1000) == near and rel_l2_limit("int8", 100, 1000) == far
+    assert rel_l2_limit("fp16", 0, 1000) == rel_l2_limit("fp16", 600, 1000) == EXPORT_REL_L2_LIMITS["fp16"]
+
+    def stats(near_error, far_error):
+        rows = [{"t": [0, 100], "rel_l2": near_error}, {"t": [100, 300], "rel_l2": far_error}]
+        return {"rel_l2": max(near_error, far_error), "by_t": rows}
+
+    ratio, row = limit_excess("int8", stats(0.5 * near, 0.5 * far), 1000)
+    assert ratio == pytest.approx(0.5)
+    require_export_accuracy("unet.int8.onnx", "int8", stats(0.9 * near, 0.9 * far), 1000)
+    with pytest.raises(PndmError, match=r"t in \[100, 300\): relative L2 .* \(int8 limit\)"):
+        require_export_accuracy("unet.int8.onnx", "int8", stats(0.9 * near, 1.1 * far), 1000)
+    with pytest.raises(PndmError, match=r"t in \[0, 100\)"):
+        require_export_accuracy("unet.int8.onnx", "int8", stats(1.1 * near, 0.5 * far), 1000)
+    with pytest.raises(PndmError, match=r"t in \[0, 100\)"):  # fp16: no near-data allowance
+        require_export_accuracy("unet.fp16.onnx", "fp16", stats(1.1 * far, 0.0), 1000)

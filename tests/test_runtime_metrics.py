@@ -53,3 +53,32 @@ def test_zero_reference_norm():
     assert eps_errors(zero, zero) == (0.0, 0.0)
     assert eps_errors(torch.full((2, 3), 0.5), zero)[0] == math.inf
     assert error_stats(torch.full((2, 3), 0.5), zero) == {"rel_l2": math.inf, "max_abs": 0.5}
+
+
+def test_checker_judges_near_data_calls_by_their_own_limit():
+    """int8: a lockstep call at t < 0.1 T is held to lockstep_rel_l2_near_data, the rest to
+    lockstep_rel_l2; a precision without a near-data limit holds every call to one."""
+    from pndm.runtime.checker import THRESHOLDS, CheckReport, _verdict, format_report
+
+    th = THRESHOLDS["int8"]
+    assert th.lockstep_rel_l2_near_data > th.lockstep_rel_l2
+    images = {"max_grey_diff": 3, "mean_grey_diff": 0.5, "psnr_db": 40.0, "within_1_share": 0.9}
+
+    def verdict(precision, near_error, far_error):
+        report = CheckReport(candidate={"path": "e", "backend": "onnx", "precision": precision, "device": "cpu"},
+                             reference={"path": "r", "backend": "torch"}, method="ddim", steps=2, nfe=2,
+                             seeds=[0], precision=precision, thresholds=THRESHOLDS[precision], T=1000,
+                             images=dict(images),
+                             lockstep=[{"index": 0, "t": 500.0, "rel_l2": far_error, "max_abs": 0.1},
+                                       {"index": 1, "t": 0.0, "rel_l2": near_error, "max_abs": 0.1}])
+        _verdict(report)
+        return report
+
+    near, far = th.lockstep_rel_l2_near_data, th.lockstep_rel_l2
+    assert verdict("int8", 0.9 * near, 0.9 * far).passed
+    failed = verdict("int8", 1.1 * near, 0.5 * far)
+    assert failed.failures == [f"lockstep eps relative L2 {1.1 * near:.3g} at NFE 1 (t=0) exceeds {near:g}"]
+    assert not verdict("int8", 0.5 * near, 1.1 * far).passed
+    assert "lockstep worst rel L2, t < 100" in format_report(failed)
+    fp16 = THRESHOLDS["fp16"]
+    assert not verdict("fp16", 1.1 * fp16.lockstep_rel_l2, 0.0).passed

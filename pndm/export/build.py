@@ -47,7 +47,7 @@ from pndm.export.aoti import compile_aoti
 from pndm.export.batch import DEFAULT_BATCH, BatchRange, parse_batch
 from pndm.export.fp16_graph import convert_to_fp16
 from pndm.export.onnx_export import DEFAULT_OPSET, check_opset, export_onnx, save_onnx
-from pndm.export.precision import EXPORT_REL_L2_LIMITS, PRECISIONS, check_onnx_policy, require_export_accuracy
+from pndm.export.precision import PRECISIONS, check_onnx_policy, require_export_accuracy
 from pndm.export.publish import staged_export
 from pndm.export.quantize import (
     CALIBRATORS,
@@ -155,7 +155,7 @@ def _verify(path: Path, manifest: Manifest, pairs: CalibrationSet, labels=None) 
         require_fp32_agreement(name, stats)
     require_finite(name, candidate)
     if precision != "fp32":
-        require_export_accuracy(name, precision, stats)
+        require_export_accuracy(name, precision, stats, manifest.schedule.T)
     return stats
 
 
@@ -263,7 +263,7 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
             engines = quantize_engines(
                 graph, pairs.x.numpy(), pairs.t.numpy(), pairs.eps.numpy(), precision=options.precision,
                 calibrator=options.calibrator, keep_float=options.keep_float,
-                limit=EXPORT_REL_L2_LIMITS[options.precision], batch=options.batch.max,
+                T=manifest.schedule.T, batch=options.batch.max,
                 error_of=lambda g, subset: _verify_graph(g, pairs, subset, manifest), log=stage,
                 placements=options.placements)
             seconds = round(time.perf_counter() - started, 1)

@@ -20,9 +20,10 @@ The fp32 islands (normalisations, softmax, the timestep embedding) are never qua
 
 **Precision policy** (:func:`choose_float_layers`, per placement): the layers (Conv/MatMul/Gemm, named
 after their weight, e.g. ``conv_in`` for ``conv_in.weight``) whose quantization costs most are kept
-in float until the engine meets :data:`pndm.export.precision.EXPORT_REL_L2_LIMITS` in every t range.
-A layer's sensitivity is the eps error (worst relative L2 per t range against the fp32 model, on a
-few calibration pairs) with that layer alone left unquantized: the lower, the more it matters.
+in float until the engine meets its limit in every t range (:func:`pndm.export.precision.rel_l2_limit`).
+A layer's sensitivity is the error (the worst t range's relative L2 against the fp32 model, as a
+multiple of its limit, on a few calibration pairs) with that layer alone left unquantized: the lower,
+the more it matters.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from onnx import TensorProto, numpy_helper
 
 from pndm.errors import PndmError
 from pndm.export.fp16_graph import convert_to_fp16, fp32_islands
+from pndm.export.precision import limit_excess, rel_l2_limit
 
 QUANT_PRECISIONS = ("int8", "fp8")
 PLACEMENTS = ("tensorrt", "cpu")
@@ -232,24 +234,30 @@ def _spread(t: np.ndarray, count: int) -> np.ndarray:
     return order[np.linspace(0, len(order) - 1, min(count, len(order))).round().astype(int)]
 
 
-def choose_float_layers(quantizer: Quantizer, placement: str, limit: float,
+def choose_float_layers(quantizer: Quantizer, placement: str, T: int,
                         error_of: Callable[[onnx.ModelProto, np.ndarray | None], dict],
                         log: Callable[[str], None] = print) -> tuple[list[str], dict[str, str], dict]:
-    """Keep the most sensitive layers in float until ``placement``'s error is within ``limit`` per t range.
+    """Keep the most sensitive layers in float until ``placement``'s error is within its limit in every t
+    range (:func:`pndm.export.precision.rel_l2_limit`; ``T``: the schedule's length).
 
     ``error_of(model, subset)`` returns the verification stats (``rel_l2`` and ``by_t``) of a graph on
     the calibration pairs (``subset``: indices, or None for all). A layer's sensitivity is the fall of
-    the eps error (on :data:`SENSITIVITY_PAIRS` pairs spread over t) when it alone is in float.
-    Returns (kept layers, why each was kept, the final stats).
+    the error (the worst t range's ratio to its limit, on :data:`SENSITIVITY_PAIRS` pairs spread over t)
+    when it alone is in float. Returns (kept layers, why each was kept, the final stats).
     """
 
     def worst(stats: dict) -> float:
-        return max([stats["rel_l2"], *(row["rel_l2"] for row in stats["by_t"])])
+        return limit_excess(quantizer.precision, stats, T)[0]
+
+    def describe(stats: dict) -> str:
+        ratio, row = limit_excess(quantizer.precision, stats, T)
+        lo, hi = row["t"]
+        return (f"worst t range [{lo}, {hi}): rel L2 {row['rel_l2']:.3g} "
+                f"(limit {rel_l2_limit(quantizer.precision, lo, T):g}, {ratio:.2f}x)")
 
     stats = error_of(quantizer.quantize(placement, []), None)
-    log(f"{quantizer.precision} {placement} form, every layer quantized: worst rel L2 per t range "
-        f"{worst(stats):.3g} (limit {limit:g})")
-    if worst(stats) <= limit:
+    log(f"{quantizer.precision} {placement} form, every layer quantized: {describe(stats)}")
+    if worst(stats) <= 1:
         return [], {}, stats
     subset = _spread(quantizer.t, SENSITIVITY_PAIRS)
     probe = quantizer.quantize(placement, [], fp16=False)
@@ -260,18 +268,19 @@ def choose_float_layers(quantizer: Quantizer, placement: str, limit: float,
     ranked = sorted(after, key=after.get)
     kept: list[str] = []
     step = 1
-    while worst(stats) > limit:
+    while worst(stats) > 1:
         if len(kept) + step > MAX_FLOAT_FRACTION * len(ranked):
             raise PndmError(
                 f"{quantizer.precision} {placement} form: even with {len(kept)} of {len(ranked)} layers in "
-                f"float the error is {worst(stats):.3g} > {limit:g}; export with --precision fp16, or try "
+                f"float the {describe(stats)}; export with --precision fp16, or try "
                 "another --calibrator or more --calibration-count"
             )
         kept = ranked[:len(kept) + step]
         stats = error_of(quantizer.quantize(placement, kept), None)
-        log(f"{placement} form, {len(kept)} layers in float: worst rel L2 {worst(stats):.3g}")
+        log(f"{placement} form, {len(kept)} layers in float: {describe(stats)}")
         step = max(1, len(kept) // 2)
-    reasons = {name: f"alone in float: worst rel L2 {base:.3g} -> {after[name]:.3g}" for name in kept}
+    reasons = {name: f"alone in float: worst error {base:.2f}x -> {after[name]:.2f}x its limit"
+               for name in kept}
     return kept, reasons, stats
 
 
@@ -336,7 +345,7 @@ def check_qdq_structure(model: onnx.ModelProto, precision: str) -> dict[str, int
 
 
 def quantize_engines(fp32: onnx.ModelProto, x: np.ndarray, t: np.ndarray, eps: np.ndarray, *, precision: str,
-                     calibrator: str, keep_float: tuple[str, ...], limit: float, batch: int,
+                     calibrator: str, keep_float: tuple[str, ...], T: int, batch: int,
                      error_of: Callable[[onnx.ModelProto, np.ndarray | None], dict],
                      log: Callable[[str], None] = print,
                      placements: tuple[str, ...] = PLACEMENTS) -> list[QuantizedEngine]:
@@ -353,7 +362,7 @@ def quantize_engines(fp32: onnx.ModelProto, x: np.ndarray, t: np.ndarray, eps: n
             if keep_float:
                 chosen, reasons = kept, {name: "--keep-float" for name in kept}
             else:
-                chosen, reasons, _ = choose_float_layers(quantizer, placement, limit, error_of, log)
+                chosen, reasons, _ = choose_float_layers(quantizer, placement, T, error_of, log)
             model = quantizer.quantize(placement, chosen)
             check_qdq_structure(model, precision)
             log(f"{precision} {placement} form: " + ("; ".join(f"{name} kept in float ({reasons[name]})"

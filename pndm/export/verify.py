@@ -12,11 +12,11 @@ from collections.abc import Callable
 import torch
 
 from pndm.errors import PndmError
-from pndm.metrics import error_stats, has_nonfinite
+from pndm.metrics import NEAR_DATA_FRACTION, error_stats, has_nonfinite
 
 FP32_REL_L2_LIMIT = 1e-5
 # Boundaries of the t ranges, as fractions of T: [0, 100), [100, 300), [300, 600), [600, 1000) for T=1000.
-T_RANGE_FRACTIONS = (0.0, 0.1, 0.3, 0.6, 1.0)
+T_RANGE_FRACTIONS = (0.0, NEAR_DATA_FRACTION, 0.3, 0.6, 1.0)
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
