@@ -1,14 +1,18 @@
-"""Turning model-space images in [-1, 1] into 8-bit pixels and PNG files."""
+"""Turning model-space images in [-1, 1] into 8-bit pixels and PNG files, and reading image files back."""
 
 from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
+from pndm.errors import PndmError
 from pndm.fileio import atomic_path
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -46,3 +50,23 @@ def make_grid(pixels: torch.Tensor, ncols: int | None = None, pad: int = 2) -> t
 def save_grid(x: torch.Tensor, path: str | os.PathLike, ncols: int | None = None) -> None:
     """Save (B, C, H, W) images in [-1, 1] as one PNG grid."""
     save_png(make_grid(to_uint8(x), ncols), path)
+
+
+def read_image_files(files: list[Path], where: str, hint: str = "") -> torch.Tensor:
+    """uint8 (N, C, H, W) from image ``files`` (grey modes -> 1 channel, others RGB), which must share one
+    size and mode; errors are one line starting with ``where`` (``hint``: how to fix a size mismatch)."""
+    images = []
+    for path in files:
+        try:
+            with Image.open(path) as im:
+                im = im.convert("L") if im.mode in ("L", "1", "P", "I;16") else im.convert("RGB")
+                flat = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+                images.append(flat.reshape(im.height, im.width, len(im.getbands())).permute(2, 0, 1))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise PndmError(f"{where}: cannot read image {path} ({exc})") from None
+        if images[-1].shape != images[0].shape:
+            raise PndmError(
+                f"{where}: {path.name} is {tuple(images[-1].shape)} but {files[0].name} is "
+                f"{tuple(images[0].shape)}; all images must share one size and mode{hint}"
+            )
+    return torch.stack(images)

@@ -65,7 +65,8 @@ def test_checker_judges_near_data_calls_by_their_own_limit():
     images = {"max_grey_diff": 3, "mean_grey_diff": 0.5, "psnr_db": 40.0, "within_1_share": 0.9}
 
     def verdict(precision, near_error, far_error):
-        report = CheckReport(candidate={"path": "e", "backend": "onnx", "precision": precision, "device": "cpu"},
+        candidate = {"path": "e", "backend": "onnx", "precision": precision, "device": "cpu"}
+        report = CheckReport(candidate=candidate,
                              reference={"path": "r", "backend": "torch"}, method="ddim", steps=2, nfe=2,
                              seeds=[0], precision=precision, thresholds=THRESHOLDS[precision], T=1000,
                              images=dict(images),

@@ -87,25 +87,13 @@ def make_featurizer(features: str = "judge", inception: str | Path | None = None
 
 
 def _read_folder(folder: Path) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError
-
-    from pndm.train.image_folder import IMAGE_SUFFIXES
+    """A sample folder's images (its ``grid.png`` left out)."""
+    from pndm.images import IMAGE_SUFFIXES, read_image_files
 
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name != "grid.png")
     if not files:
         raise PndmError(f"{folder}: no images in this folder")
-    arrays = []
-    for path in files:
-        try:
-            with Image.open(path) as im:
-                im = im.convert("L") if im.mode in ("L", "1", "P", "I;16") else im.convert("RGB")
-                arrays.append(np.asarray(im).reshape(im.height, im.width, -1))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise PndmError(f"{folder}: cannot read image {path.name} ({exc})") from None
-        if arrays[-1].shape != arrays[0].shape:
-            raise PndmError(f"{folder}: {path.name} is {arrays[-1].shape[:2]} but {files[0].name} is "
-                            f"{arrays[0].shape[:2]}; all images must share one size")
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return read_image_files(files, str(folder))
 
 
 def load_image_set(source: str | Path) -> torch.Tensor:

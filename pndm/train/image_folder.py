@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from pndm.errors import PndmError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+from pndm.images import IMAGE_SUFFIXES, read_image_files
 
 
 def read_image_folder(folder: Path) -> torch.Tensor:
@@ -18,26 +16,7 @@ def read_image_folder(folder: Path) -> torch.Tensor:
     if not files:
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         raise PndmError(f"--data {folder}: the folder holds no images ({suffixes})")
-    images = []
-    for path in files:
-        try:
-            with Image.open(path) as im:
-                im = im.convert("L") if im.mode in ("L", "1", "P", "I;16") else im.convert("RGB")
-                images.append(_pil_array(im).permute(2, 0, 1))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise PndmError(f"--data {folder}: cannot read image {path} ({exc})") from None
-        if images[-1].shape != images[0].shape:
-            raise PndmError(
-                f"--data {folder}: {path.name} is {tuple(images[-1].shape)} but {files[0].name} is "
-                f"{tuple(images[0].shape)}; all images must share one size and mode (or pass --resize)"
-            )
-    return torch.stack(images)
-
-
-def _pil_array(im: Image.Image) -> torch.Tensor:
-    channels = len(im.getbands())
-    flat = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-    return flat.reshape(im.height, im.width, channels)
+    return read_image_files(files, f"--data {folder}", hint=" (or pass --resize)")
 
 
 def read_npz(path: Path) -> torch.Tensor:
