@@ -35,7 +35,7 @@ LOW_DTYPES = {"bf16": torch.bfloat16}
 # Relative L2 of the model's output against the fp32 model, per t range, above which the export fails.
 # fp16/bf16: ~10x the errors measured on the trained default model and the CIFAR-10 architecture
 # (docs/EXPORT.md); int8/fp8: the limits the automatic precision policy works to (pndm/export/quantize.py).
-EXPORT_REL_L2_LIMITS = {"fp16": 5e-3, "bf16": 3e-2, "int8": 1.5e-2, "fp8": 3e-1}
+EXPORT_REL_L2_LIMITS = {"fp16": 5e-3, "bf16": 3e-2, "int8": 3e-2, "fp8": 3e-1}
 # The t range nearest the data, [0, NEAR_DATA_FRACTION * T), has its own limit where given (why:
 # pndm.metrics). Measured on the default model: docs/EXPORT.md, "INT8 and FP8".
 NEAR_DATA_REL_L2_LIMITS = {"int8": 2.5e-1}
