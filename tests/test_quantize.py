@@ -303,3 +303,34 @@ def test_the_range_nearest_the_data_has_its_own_limit():
         require_export_accuracy("unet.int8.onnx", "int8", stats(1.1 * near, 0.5 * far), 1000)
     with pytest.raises(PndmError, match=r"t in \[0, 100\)"):  # fp16: no near-data allowance
         require_export_accuracy("unet.fp16.onnx", "fp16", stats(1.1 * far, 0.0), 1000)
+
+
+def test_policy_measures_again_when_an_error_hides_behind_another():
+    """Layer B's error only shows once A is in float: ranked once (everything else quantized), B ties
+    with eight harmless layers and would come last; measured again beside A, it comes next."""
+    from pndm.export.precision import rel_l2_limit
+
+    limit = rel_l2_limit("int8", 100, 1000)
+    layers = ["A", *(f"C{i}" for i in range(8)), "B"]
+
+    class FakeQuantizer:  # a "graph" is the set of layers in float
+        precision, t = "int8", np.linspace(0, 999, 20)
+
+        def __init__(self):
+            self.layers = {name: name for name in layers}
+
+        def quantize(self, placement, kept, fp16=True):
+            return frozenset(kept)
+
+        def without_quantization(self, probe, layer):
+            return probe | {layer}
+
+    def error_of(in_float, subset):
+        ratio = 4.0 if "A" not in in_float else (0.5 if "B" in in_float else 3.0)
+        return {"rel_l2": ratio * limit, "by_t": [{"t": [100, 300], "rel_l2": ratio * limit}]}
+
+    logs: list[str] = []
+    kept, reasons, stats = choose_float_layers(FakeQuantizer(), "tensorrt", 1000, error_of, logs.append)
+    assert kept[0] == "A" and kept[-1] == "B" and len(kept) <= 3
+    assert stats["by_t"][0]["rel_l2"] <= limit
+    assert sum("measuring the sensitivity" in line for line in logs) == 2

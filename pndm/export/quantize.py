@@ -245,10 +245,11 @@ def choose_float_layers(quantizer: Quantizer, placement: str, T: int,
     the calibration pairs (``subset``: indices, or None for all). A layer's sensitivity is the fall of
     the error (the worst t range's ratio to its limit, on :data:`SENSITIVITY_PAIRS` pairs spread over t)
     when it alone is in float, beside the layers already kept. Layers are added 1, 2, 3, 4, 6, 9, ...
-    at a time in that order; when an addition gains less than :data:`MIN_GAIN`, the errors of two
-    layers were masking each other (taking one out alone changes little while the other remains),
-    so the remaining layers are measured again beside the kept ones. Returns (kept layers, why each
-    was kept, the final stats).
+    at a time in that order; when an addition gains less than :data:`MIN_GAIN`, the layers' errors
+    interact (one layer's error can hide behind another's until that one is in float), so the
+    remaining layers are measured again beside the kept ones (at most once each time the
+    kept set has doubled, which bounds the passes by log2 of the layer count). Returns (kept
+    layers, why each was kept, the final stats).
     """
 
     def worst(stats: dict) -> float:
@@ -281,7 +282,7 @@ def choose_float_layers(quantizer: Quantizer, placement: str, T: int,
             reasons[layer] = f"alone in float: worst error {base:.2f}x -> {after[layer]:.2f}x its limit"
         return sorted(after, key=after.get)
 
-    ranked = rank()
+    ranked, ranked_at = rank(), 0
     step = 1
     while worst(stats) > 1:
         if len(kept) + step > MAX_FLOAT_FRACTION * len(quantizer.layers):
@@ -294,8 +295,9 @@ def choose_float_layers(quantizer: Quantizer, placement: str, T: int,
         before, stats = stats, error_of(quantizer.quantize(placement, kept), None)
         log(f"{placement} form, {len(kept)} layers in float: {describe(stats)}")
         step = max(1, len(kept) // 2)
-        if worst(stats) > 1 and worst(stats) > (1 - MIN_GAIN) * worst(before):
-            ranked, step = rank(), 1
+        stalled = worst(stats) > 1 and worst(stats) > (1 - MIN_GAIN) * worst(before)
+        if stalled and len(kept) >= 2 * ranked_at:  # at most once per doubling of the kept layers
+            ranked, ranked_at, step = rank(), len(kept), 1
     return kept, {name: reasons[name] for name in kept}, stats
 
 
