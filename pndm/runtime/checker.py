@@ -58,9 +58,11 @@ class Thresholds:
 THRESHOLDS = {
     "fp32": Thresholds(lockstep_rel_l2=1e-4, max_grey_diff=1, mean_grey_diff=0.05, min_psnr_db=50.0),
     "fp16": Thresholds(lockstep_rel_l2=1e-2, max_grey_diff=255, mean_grey_diff=1.0, min_psnr_db=35.0),
-    # bf16: measured on the trained default model: worst rel L2 2.6e-2 (at t=0), mean grey diff 1.08,
-    # PSNR 40.5 dB (docs/RUNTIME.md, "Why these limits").
-    "bf16": Thresholds(lockstep_rel_l2=3e-2, max_grey_diff=255, mean_grey_diff=2.0, min_psnr_db=35.0),
+    # bf16: measured on the trained default model v1: worst rel L2 2.6e-2 (at t=0), mean grey diff 1.08,
+    # PSNR 40.5 dB; v2 (v-prediction): 1.1e-2 at t=50, 1.4e-1 at t=0, 0.66 grey, 47.6 dB
+    # (docs/RUNTIME.md, "Why these limits").
+    "bf16": Thresholds(lockstep_rel_l2=3e-2, max_grey_diff=255, mean_grey_diff=2.0, min_psnr_db=35.0,
+                       lockstep_rel_l2_near_data=2.5e-1),
     # int8 (Q/DQ engines, pndm/export/quantize.py): from the TensorRT form on the trained default model,
     # worst lockstep 5.0e-2 (t=0), 1.86 grey levels, 34.6 dB (docs/EXPORT.md, "INT8 and FP8").
     # fp8: placeholders; no measured fp8 engine meets them yet (docs/EXPORT.md, "FP8").
