@@ -24,6 +24,11 @@ import torch
 NEAR_DATA_FRACTION = 0.1
 
 
+def is_near_data(t: float, T: int) -> bool:
+    """Whether timestep ``t`` of a ``T``-step schedule lies in the range nearest the data (module doc)."""
+    return t < NEAR_DATA_FRACTION * T
+
+
 def eps_errors(candidate: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
     """(relative L2, max abs) of ``candidate`` against ``reference`` (computed in float64)."""
     c, r = candidate.double().cpu(), reference.double().cpu()

@@ -27,7 +27,7 @@ from torch import nn
 
 from pndm.errors import PndmError
 from pndm.export.fp16_graph import SHAPE_OPS, TIMESTEP_OPS
-from pndm.metrics import NEAR_DATA_FRACTION
+from pndm.metrics import is_near_data
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 LOW_DTYPES = {"bf16": torch.bfloat16}
@@ -43,7 +43,7 @@ NEAR_DATA_REL_L2_LIMITS = {"bf16": 1.5e-1, "int8": 2.5e-1}
 
 def rel_l2_limit(precision: str, t_start: float, T: int) -> float:
     """The export limit of ``precision`` for the t range starting at ``t_start``."""
-    if t_start < NEAR_DATA_FRACTION * T:
+    if is_near_data(t_start, T):
         return NEAR_DATA_REL_L2_LIMITS.get(precision, EXPORT_REL_L2_LIMITS[precision])
     return EXPORT_REL_L2_LIMITS[precision]
 

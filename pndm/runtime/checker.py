@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from pndm.errors import EngineError, PndmError
 from pndm.images import to_uint8
-from pndm.metrics import NEAR_DATA_FRACTION, eps_errors, has_nonfinite, image_agreement
+from pndm.metrics import NEAR_DATA_FRACTION, eps_errors, has_nonfinite, image_agreement, is_near_data
 from pndm.runtime.engines.base import Engine
 from pndm.runtime.sampling import nfe_of, sample_seeds
 from pndm.runtime.seeds import batches, image_noise
@@ -47,7 +47,7 @@ class Thresholds:
 
     def lockstep_limit(self, t: float, T: int) -> float:
         """The lockstep limit of a call at timestep ``t`` of a ``T``-step schedule."""
-        if self.lockstep_rel_l2_near_data is not None and t < NEAR_DATA_FRACTION * T:
+        if self.lockstep_rel_l2_near_data is not None and is_near_data(t, T):
             return self.lockstep_rel_l2_near_data
         return self.lockstep_rel_l2
 
@@ -343,8 +343,8 @@ def _lockstep_rows(report: CheckReport) -> list[tuple[str, str, str]]:
     if th.lockstep_rel_l2_near_data is None:
         return [("lockstep worst rel L2", f"{report.worst_rel_l2:.3e}", f"<= {th.lockstep_rel_l2:g}")]
     edge = NEAR_DATA_FRACTION * report.T
-    near = [r["rel_l2"] for r in report.lockstep if r["t"] < edge]
-    rest = [r["rel_l2"] for r in report.lockstep if r["t"] >= edge]
+    near = [r["rel_l2"] for r in report.lockstep if is_near_data(r["t"], report.T)]
+    rest = [r["rel_l2"] for r in report.lockstep if not is_near_data(r["t"], report.T)]
     return [(f"lockstep worst rel L2, t < {edge:g}", f"{max(near, default=math.nan):.3e}",
              f"<= {th.lockstep_rel_l2_near_data:g}"),
             (f"lockstep worst rel L2, t >= {edge:g}", f"{max(rest, default=math.nan):.3e}",
