@@ -211,3 +211,17 @@ def test_sweep_writes_table_json_and_plot(tiny_checkpoint, reference_npz, tmp_pa
     assert [r["grid"] for r in rows] == ["quad", "karras:7"] and rows[0]["fd"] != rows[1]["fd"]
     bad = run("sweep", "--engine", str(tiny_checkpoint), "--grid", "nope", "--out", str(tmp_path / "x"))
     assert bad.exit_code == 2 and "unknown grid" in bad.output
+
+
+def test_too_few_images_for_precision_recall_is_one_line(digits, reference_npz, tmp_path, cache_dir):
+    """k-NN precision/recall needs more than k images per set: a sample folder of 3 is refused in one
+    line (and sweep's -n starts above k), never an IndexError."""
+    folder = _png_folder(digits[:3], tmp_path / "three")
+    result = run("score", str(folder), "--reference", str(reference_npz))
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: precision and recall (k=3 nearest neighbours) need more than 3 images in each set, got 3; "
+        "score at least 4 images"]
+    assert run("score", str(folder), "--reference", str(reference_npz), "--no-pr").exit_code == 0
+    swept = run("sweep", "--engine", "default", "-n", "3", "--out", str(tmp_path / "sw"))
+    assert swept.exit_code == 2 and "-n" in swept.output and "Traceback" not in swept.output

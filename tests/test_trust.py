@@ -105,7 +105,7 @@ def test_record_is_per_hash_not_per_name(tmp_path, fresh_cache, aoti_loads):
 ENGINE_COMMANDS = {  # every pndm-run command that loads an engine, with what it needs besides --engine
     "sample": ["--out", "{tmp}/o", "--no-progress"],
     "check": ["--no-progress"],
-    "sweep": ["--out", "{tmp}/o", "--steps", "5", "-n", "2", "--no-progress"],
+    "sweep": ["--out", "{tmp}/o", "--steps", "5", "-n", "4", "--no-progress"],
     "interpolate": ["--out", "{tmp}/o"],
     "tune": ["--nfe", "5", "--out", "{tmp}/o/recipe.json"],
 }

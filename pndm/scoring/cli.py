@@ -7,6 +7,7 @@ import json
 import click
 
 from pndm.cli import debug_option, trust_engine_option
+from pndm.scoring.frechet import PR_NEIGHBOURS
 
 FEATURES_HELP = ("Feature network: 'judge' (pndm's shipped MNIST/Fashion-MNIST judge, 128-d) or "
                  "'inception' (FID's Inception-v3, needs --inception).")
@@ -72,8 +73,9 @@ def _int_list(ctx, param, value):
 @click.option("--grid", "grids", multiple=True,
               help="Time grid (a name of pndm.solvers.GRIDS, e.g. quad, karras:7); repeat for several "
                    "(default: each method's own).")
-@click.option("-n", "--num", type=click.IntRange(min=2), default=500, show_default=True,
-              help="Images per point (seeds SEED..SEED+num-1, the same at every point).")
+@click.option("-n", "--num", type=click.IntRange(min=PR_NEIGHBOURS + 1), default=500, show_default=True,
+              help="Images per point (seeds SEED..SEED+num-1, the same at every point; precision and "
+                   f"recall need more than their {PR_NEIGHBOURS} neighbours).")
 @click.option("--batch", type=click.IntRange(min=1), default=100, show_default=True, help="Images per call.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="First seed.")
 @click.option("--reference", default="mnist", show_default=True, help=REFERENCE_HELP)

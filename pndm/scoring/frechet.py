@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pndm.errors import PndmError
+
 PR_NEIGHBOURS = 3
 
 
@@ -54,6 +56,10 @@ def _radii(points: np.ndarray, k: int) -> np.ndarray:
 
 def precision_recall(samples: np.ndarray, reference: np.ndarray, k: int = PR_NEIGHBOURS) -> dict[str, float]:
     """Improved precision and recall (the module docstring) of ``samples`` against ``reference``."""
+    fewest = min(len(samples), len(reference))
+    if fewest <= k:
+        raise PndmError(f"precision and recall (k={k} nearest neighbours) need more than {k} images in each "
+                        f"set, got {fewest}; score at least {k + 1} images")
     samples, reference = np.asarray(samples, np.float64), np.asarray(reference, np.float64)
     cross = _pairwise(samples, reference)
     precision = (cross <= _radii(reference, k)[None, :]).any(axis=1).mean()
