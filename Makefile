@@ -42,11 +42,13 @@ bench: install
 
 # On a machine with an NVIDIA GPU and PyTorch (CUDA) but no internet: installs nothing new (pndm itself
 # into the Python that has torch, without dependencies), runs the GPU tests and the GPU benchmark and
-# writes build/gpu-check/gpu_check.json + gpu_check.md. GPU_PY: that Python (default python3).
+# writes build/gpu-check/gpu_check.json + gpu_check.md. GPU_PY: that Python (default python3);
+# GPU_CHECK_ARGS: options of bench/gpu_check.py (e.g. --repeats 3 --rounds 2).
 GPU_PY ?= python3
+GPU_CHECK_ARGS ?=
 gpu-check:
 	$(GPU_PY) -m pip install --quiet -e . --no-deps --no-build-isolation
-	$(GPU_PY) bench/gpu_check.py --out build/gpu-check
+	$(GPU_PY) bench/gpu_check.py --out build/gpu-check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf build $(VENV)

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import torch
-from gpu_check import CIFAR10_CONFIG, GFLOP_PER_IMAGE_NFE
+from common import CIFAR10_CONFIG, GFLOP_PER_IMAGE_NFE, run_once
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -131,21 +131,6 @@ def call_throughput(engines: Path, names: list[str], batches: list[int], env: di
             rows.append({"engine": name, "batch": b, "call_s": seconds, "images_per_s_per_call": b / seconds})
             log(f"{name} batch {b}: {seconds:.3f} s per call")
     return rows
-
-
-def run_once(argv: list[str], out: Path, env: dict) -> dict:
-    """Wall seconds of one command, and its own phase record (run.json or the script's JSON line)."""
-    start = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"{argv[:3]} failed: {done.stderr.strip()[-2000:]}")
-    if (out / "run.json").is_file():
-        record = json.loads((out / "run.json").read_text())
-        phases, cache = record["phases"], [e["status"] for e in record.get("cache", [])]
-    else:
-        phases, cache = json.loads(done.stdout.strip().splitlines()[-1]), []
-    return {"wall": wall, "phases": phases, "cache": cache}
 
 
 def summarize(runs: dict, nfe: int, peaks: dict, kinds: dict) -> list[dict]:

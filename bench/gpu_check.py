@@ -6,14 +6,18 @@ PyTorch (CUDA) but no internet. Installs nothing (the Makefile only runs
    CUDA device it stops after one line saying so (exit 0: nothing to check on this machine).
 2. ``pytest -m "cuda or trt"``: counts of passed / failed / skipped (TensorRT and ORT-CUDA tests
    skip with their reason when those packages are absent).
-3. The benchmark, on the CIFAR-10 DDPM UNet architecture (35.7M parameters, random weights,
-   seed 0: speed does not depend on training), at equal NFE (F-PNDM 20 steps = diffusers
-   PNDMPipeline 20 steps = 29 model calls), batch 1 and 64:
-   diffusers PNDMPipeline fp32 and fp16 eager, against pndm's CUDA ``.pt2`` engines (fp16 and
-   bf16, compiled here with AOTInductor) through the per-step solver loop and through the whole
-   loop captured as one CUDA graph (:mod:`pndm.runtime.graph_loop`). Each configuration is warmed
-   up once, then all are timed round-robin ``--repeats`` times; median and spread are reported.
-4. ``<out>/gpu_check.json`` and ``<out>/gpu_check.md`` (a markdown table).
+3. Engines as a user builds them: ``pndm-export build --model cifar10 --random-init --precision P
+   --pt2-device cuda`` for P = fp16 and bf16 (the CIFAR-10 DDPM UNet, 35.7M parameters, random
+   weights: speed does not depend on training), each verified on the GPU by the export.
+4. The sampling loop, at equal NFE (F-PNDM 20 steps = diffusers PNDMPipeline 20 steps = 29 model
+   calls), batch 1 and 64: diffusers PNDMPipeline fp32 and fp16 eager (a UNet2DModel of the same
+   architecture) against pndm's CUDA ``.pt2`` engines through the per-step solver loop and through
+   the whole loop captured as one CUDA graph (:mod:`pndm.runtime.graph_loop`). Each configuration
+   is warmed up once, then all are timed round-robin ``--repeats`` times; median and spread.
+5. Whole commands as a user runs them, for 4 and 64 images: ``pndm-run sample --engine
+   unet.fp16.cuda.pt2 --device cuda`` against ``bench/diffusers_pndm.py --device cuda`` (fp32 and
+   fp16), one cold run each, then ``--rounds`` interleaved rounds.
+6. ``<out>/gpu_check.json`` and ``<out>/gpu_check.md`` (markdown tables).
 
     python bench/gpu_check.py --out build/gpu-check
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -31,18 +36,10 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-GFLOP_PER_IMAGE_NFE = 12.44  # CIFAR-10 DDPM UNet, one model call on one 32x32 image
+from common import CIFAR10_CONFIG, GFLOP_PER_IMAGE_NFE, run_once
 
-# diffusers' google/ddpm-cifar10-32 configuration (the original DDPM CIFAR-10 UNet).
-CIFAR10_CONFIG = {
-    "sample_size": 32, "in_channels": 3, "out_channels": 3, "layers_per_block": 2,
-    "block_out_channels": [128, 256, 256, 256],
-    "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
-    "norm_eps": 1e-6, "downsample_padding": 0, "flip_sin_to_cos": False, "freq_shift": 1,
-    "attention_head_dim": None, "resnet_time_scale_shift": "default", "time_embedding_type": "positional",
-}
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 
 
 def say(message: str) -> None:
@@ -83,84 +80,64 @@ def run_tests(out: Path) -> dict:
     return counts
 
 
-def compile_cuda_pt2(model, precision: str, path: Path, max_batch: int) -> Path:
-    """AOTInductor package of ``model`` at ``precision`` for the current CUDA device."""
+def build_engines(out: Path, precisions: list[str], batch_max: int, env: dict) -> dict[str, Path]:
+    """``pndm-export build ... --pt2-device cuda`` per precision; {precision: unet.<p>.cuda.pt2}."""
+    engines = {}
+    for precision in precisions:
+        folder = out / f"engines-{precision}"
+        cmd = [str(BIN / "pndm-export"), "build", "--model", "cifar10", "--random-init", "--precision",
+               precision, "--pt2-device", "cuda", "--trt", "off", "--batch", f"1:4:{batch_max}",
+               "--calibration-steps", "4", "--calibration-count", "1", "--out", str(folder)]
+        say(" ".join(cmd[1:]))
+        started = time.perf_counter()
+        subprocess.run(cmd, check=True, env=env)
+        say(f"built in {time.perf_counter() - started:.0f} s")
+        engines[precision] = folder / f"unet.{precision}.cuda.pt2"
+    return engines
+
+
+def diffusers_unet(out: Path) -> Path:
+    """A UNet2DModel folder of the CIFAR-10 architecture (random weights, seed 0)."""
+    import torch
+    from diffusers import UNet2DModel
+
+    unet_dir = out / "diffusers-unet"
+    torch.manual_seed(0)
+    UNet2DModel(**CIFAR10_CONFIG).save_pretrained(unet_dir)
+    return unet_dir
+
+
+def loop_timings(args, engines: dict[str, Path], unet_dir: Path | None) -> list[dict]:
+    """The sampling loop in this process (step 4 of the module doc)."""
     import torch
 
-    from pndm.export.precision import engine_module
-
-    module = engine_module(model, precision).cuda().eval()
-    batch = torch.export.Dim("batch", min=1, max=max_batch)
-    x = torch.randn(2, 3, 32, 32, device="cuda")
-    t = torch.tensor([10.0, 900.0], device="cuda")
-    with torch.no_grad():
-        program = torch.export.export(module, (x, t), dynamic_shapes={"x": {0: batch}, "t": {0: batch}})
-        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
-    return path
-
-
-class CudaPackage:
-    """A CUDA ``.pt2`` as an eps engine (what the solvers and the graph loop need)."""
-
-    def __init__(self, path: Path, image_shape=(3, 32, 32)):
-        import torch
-
-        self.device = torch.device("cuda")
-        self.image_shape = image_shape
-        # run_single_threaded: no thread-synchronisation events, which a CUDA graph capture refuses
-        self.module = torch._inductor.aoti_load_package(str(path), run_single_threaded=True)
-
-    def __call__(self, x, t):
-        import torch
-
-        with torch.inference_mode():
-            out = self.module(x, t)
-        return (out[0] if isinstance(out, (tuple, list)) else out).float()
-
-
-def benchmark(args, out: Path) -> list[dict]:
-    import torch
-
-    from pndm.models import load
     from pndm.runtime.graph_loop import GraphLoop, trace_linear
+    from pndm.runtime.loader import load_engine
     from pndm.schedules import make_schedule
     from pndm.solvers import METHODS, sample
 
     steps, nfe = args.steps, METHODS["f-pndm"].nfe(args.steps)
     batches = [int(b) for b in args.batches.split(",")]
     cases = []  # (name, batch, run) where run() samples one batch and leaves it on the GPU
-    unet_dir = out / "diffusers-unet"
-    if args.diffusers:
-        from diffusers import PNDMPipeline, PNDMScheduler, UNet2DModel
+    if unet_dir is not None:
+        from diffusers_pndm import pipeline
 
-        torch.manual_seed(0)
-        UNet2DModel(**CIFAR10_CONFIG).save_pretrained(unet_dir)
         for dtype, label in ((torch.float32, "fp32"), (torch.float16, "fp16")):
-            unet = UNet2DModel.from_pretrained(unet_dir, torch_dtype=dtype).cuda().eval()
-            # PNDMPipeline draws float32 noise: hand the fp16 UNet its own dtype
-            unet.register_forward_pre_hook(lambda m, args, dtype=dtype: (args[0].to(dtype), *args[1:]))
-            pipe = PNDMPipeline(unet=unet, scheduler=PNDMScheduler(beta_schedule="linear"))
-            pipe.set_progress_bar_config(disable=True)
+            pipe = pipeline(unet_dir, "cuda", dtype)
             for batch in batches:
                 def run(pipe=pipe, batch=batch):
                     with torch.inference_mode():
                         pipe(batch_size=batch, num_inference_steps=steps, output_type="pt",
                              generator=torch.Generator("cuda").manual_seed(0))
                 cases.append((f"diffusers PNDMPipeline {label} eager", batch, run))
-        model, spec = load(str(unet_dir))
-    else:
-        say("diffusers is not installed: no diffusers baseline (pip install diffusers where you can)")
-        model, spec = load("cifar10", random_init=True)
-    schedule = make_schedule(spec.schedule, spec.T)
-    program = trace_linear("f-pndm", steps, schedule)
-    for precision in ("fp16", "bf16"):
-        path = out / f"unet.{precision}.cuda.pt2"
-        say(f"compiling {path.name} with AOTInductor")
-        engine = CudaPackage(compile_cuda_pt2(model.float(), precision, path, max(batches)))
+    for precision, path in engines.items():
+        engine = load_engine(path, "cuda")
+        schedule = make_schedule(engine.schedule_name, engine.T)
+        program = trace_linear("f-pndm", steps, schedule)
         for batch in batches:
-            x_T = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0)).cuda()
+            x_T = torch.randn(batch, *engine.image_shape, generator=torch.Generator().manual_seed(0)).cuda()
 
-            def per_step(engine=engine, x_T=x_T):
+            def per_step(engine=engine, x_T=x_T, schedule=schedule):
                 sample(engine, x_T, "f-pndm", steps, schedule)
 
             loop = GraphLoop(engine, program, batch)
@@ -194,7 +171,60 @@ def benchmark(args, out: Path) -> list[dict]:
     return rows
 
 
-def markdown(found: dict, tests: dict, rows: list[dict]) -> str:
+def command_timings(args, engine: Path, unet_dir: Path | None, out: Path, env: dict) -> list[dict]:
+    """Whole commands from the shell (step 5 of the module doc): rows like :func:`loop_timings`'s, with
+    the batch being the image count and ``phases`` the median of each command's own phase record."""
+    from pndm.solvers import METHODS
+
+    steps, nfe = args.steps, METHODS["f-pndm"].nfe(args.steps)
+    runners = {f"pndm-run sample, {engine.name} + whole-loop CUDA graph": lambda num, folder: [
+        str(BIN / "pndm-run"), "sample", "--engine", str(engine), "--device", "cuda", "--method", "f-pndm",
+        "--steps", str(steps), "-n", str(num), "--batch", str(num), "--out", str(folder), "--no-progress"]}
+    if unet_dir is not None:
+        for dtype in ("fp32", "fp16"):
+            runners[f"diffusers PNDMPipeline script, {dtype} eager"] = lambda num, folder, dtype=dtype: [
+                sys.executable, str(REPO / "bench" / "diffusers_pndm.py"), "--unet", str(unet_dir),
+                "--device", "cuda", "--dtype", dtype, "--steps", str(steps), "-n", str(num),
+                "--out", str(folder)]
+    nums = [int(n) for n in args.command_images.split(",")]
+    cases = [(name, num) for num in nums for name in runners]
+    results = {case: [] for case in cases}
+    for round_index in range(args.rounds + 1):  # round 0: the cold run (empty engine cache), not counted
+        for name, num in cases:
+            folder = out / "commands" / f"{len(results[(name, num)])}-{abs(hash(name)) % 10**6}-{num}"
+            results[(name, num)].append(run_once(runners[name](num, folder), folder, env))
+        say(f"whole commands: round {round_index}/{args.rounds} done")
+    rows = []
+    for (name, num), runs in results.items():
+        walls, median = [r["wall"] for r in runs[1:]], statistics.median(r["wall"] for r in runs[1:])
+        rows.append({
+            "runner": name, "batch": num, "nfe": nfe, "median_s": median, "min_s": min(walls),
+            "max_s": max(walls), "all_s": walls, "cold_s": runs[0]["wall"], "images_per_s": num / median,
+            "phases": {k: statistics.median(r["phases"].get(k, 0) for r in runs[1:])
+                       for k in runs[1]["phases"]},
+        })
+    return rows
+
+
+def table(rows: list[dict], base_prefix: str, count: str) -> list[str]:
+    """Markdown rows, fastest last per ``count`` (batch or images), with the speed-up over the runner
+    whose name starts with ``base_prefix`` at the same count."""
+    lines = [
+        f"| runner | {count} | NFE | median s | min-max s | images/s | TFLOP/s | vs diffusers fp32 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    base = {r["batch"]: r["median_s"] for r in rows if r["runner"].startswith(base_prefix)}
+    for r in sorted(rows, key=lambda r: (r["batch"], -r["median_s"])):
+        ratio = f"{base[r['batch']] / r['median_s']:.2f}x" if r["batch"] in base else "-"
+        tflops = GFLOP_PER_IMAGE_NFE * r["batch"] * r["nfe"] / r["median_s"] / 1e3
+        lines.append(
+            f"| {r['runner']} | {r['batch']} | {r['nfe']} | {r['median_s']:.3f} | {r['min_s']:.3f}-"
+            f"{r['max_s']:.3f} | {r['images_per_s']:.1f} | {tflops:.1f} | {ratio} |"
+        )
+    return lines
+
+
+def markdown(found: dict, tests: dict, rows: list[dict], commands: list[dict] | None = None) -> str:
     lines = [
         f"GPU: {found['cuda']}, torch {found['torch']} (CUDA {found['torch_cuda']}); "
         f"TensorRT {'present' if found['tensorrt'] else 'absent'}, onnxruntime CUDA "
@@ -202,25 +232,40 @@ def markdown(found: dict, tests: dict, rows: list[dict]) -> str:
         "",
         f"Tests (`pytest -m \"cuda or trt\"`): {tests}",
         "",
-        "| runner | batch | NFE | median s | min-max s | images/s | TFLOP/s | vs diffusers fp32 |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "Sampling loop (in one process, after a warm-up):",
+        "",
+        *table(rows, "diffusers PNDMPipeline fp32", "batch"),
     ]
-    base = {r["batch"]: r["median_s"] for r in rows if r["runner"].startswith("diffusers PNDMPipeline fp32")}
-    for r in sorted(rows, key=lambda r: (r["batch"], -r["median_s"])):
-        ratio = f"{base[r['batch']] / r['median_s']:.2f}x" if r["batch"] in base else "-"
-        lines.append(
-            f"| {r['runner']} | {r['batch']} | {r['nfe']} | {r['median_s']:.3f} | {r['min_s']:.3f}-"
-            f"{r['max_s']:.3f} | {r['images_per_s']:.1f} | {r['tflops']:.1f} | {ratio} |"
-        )
+    if commands:
+        lines += ["", "Whole commands from the shell (import, load, sample, write PNGs; after one cold run):",
+                  "",
+                  *table(commands, "diffusers PNDMPipeline script, fp32", "images"), ""]
+        for r in commands:
+            phases = ", ".join(f"{k} {v:.2f}" for k, v in r["phases"].items())
+            lines.append(f"- {r['runner']}, {r['batch']} images: cold {r['cold_s']:.2f} s; "
+                         f"phases (s): {phases}")
     return "\n".join(lines) + "\n"
+
+
+def write_results(out: Path, found: dict, result: dict) -> str:
+    """``gpu_check.json`` and ``gpu_check.md`` from what ``result`` holds so far; returns the markdown."""
+    result["markdown"] = markdown(found, result["tests"], result["timings"], result.get("commands"))
+    (out / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "gpu_check.md").write_text(result["markdown"])
+    return result["markdown"]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "build" / "gpu-check", help="results folder")
     parser.add_argument("--steps", type=int, default=20, help="F-PNDM / PNDMPipeline steps (default 20)")
+    parser.add_argument("--precisions", default="fp16,bf16",
+                        help="CUDA .pt2 engines to build and time (default fp16,bf16; commands use fp16)")
     parser.add_argument("--batches", default="1,64", help="batch sizes (default 1,64)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds after a warm-up (default 5)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="timed whole-command rounds after a cold one (default 3)")
+    parser.add_argument("--command-images", default="4,64", help="whole-command image counts (default 4,64)")
     parser.add_argument("--no-tests", action="store_true", help="skip the pytest run")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -236,13 +281,20 @@ def main(argv=None) -> int:
         say("TensorRT is not installed: its tests and engines skip (it cannot be installed offline)")
     if not found["onnxruntime_cuda"]:
         say("onnxruntime-gpu is not installed: ONNX Runtime CUDA paths skip")
-    args.diffusers = found["diffusers"]
     result["tests"] = {} if args.no_tests else run_tests(args.out)
-    result["timings"] = benchmark(args, args.out)
-    result["markdown"] = markdown(found, result["tests"], result["timings"])
-    (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "gpu_check.md").write_text(result["markdown"])
-    print(result["markdown"])
+    # one cache and trust root for the exports (subprocesses) and this process, which loads what they built
+    os.environ["PNDM_CACHE_DIR"] = str((args.out / "cache").absolute())
+    env = dict(os.environ)
+    batches = [int(b) for b in args.batches.split(",")] + [int(n) for n in args.command_images.split(",")]
+    engines = build_engines(args.out, args.precisions.split(","), max(batches), env)
+    unet_dir = diffusers_unet(args.out) if found["diffusers"] else None
+    if unet_dir is None:
+        say("diffusers is not installed: no diffusers baseline (carry its wheel, or pip install diffusers)")
+    result["timings"] = loop_timings(args, engines, unet_dir)
+    write_results(args.out, found, result)  # the loop table stands even if a whole command fails later
+    command_engine = engines.get("fp16", next(iter(engines.values())))
+    result["commands"] = command_timings(args, command_engine, unet_dir, args.out, env)
+    print(write_results(args.out, found, result))
     return 1 if result["tests"].get("returncode", 0) not in (0, 5) else 0
 
 

@@ -42,14 +42,17 @@ VERSIONED_PACKAGES = ("torch", "onnx", "onnxruntime", "tensorrt")
 X, T_INPUT, CLASS_LABELS, OUTPUT = "x", "t", "class_labels", "eps"
 
 
-def engine_file_name(kind: str, precision: str, *, cpu_form: bool = False) -> str:
+def engine_file_name(kind: str, precision: str, *, cpu_form: bool = False, device: str = "cpu") -> str:
     """The file name of an engine: ``unet.onnx`` (fp32 ONNX), ``unet.<precision>.onnx``,
-    ``unet.int8-cpu.onnx`` (the CPU form of int8), ``unet.<precision>.pt2``, ``unet.<precision>.plan``."""
+    ``unet.int8-cpu.onnx`` (the CPU form of int8), ``unet.<precision>.pt2`` (CPU package),
+    ``unet.<precision>.cuda.pt2`` (CUDA package), ``unet.<precision>.plan``."""
     if kind not in ENGINE_KINDS or precision not in PRECISIONS:
         raise EngineError(f"no engine file name for kind {kind!r} and precision {precision!r}")
     if kind == "onnx" and precision == "fp32":
         return "unet.onnx"
     form = "-cpu" if cpu_form else ""
+    if kind == "aoti" and device != "cpu":
+        form = f".{device}"
     return f"unet.{precision}{form}{KIND_SUFFIXES[kind]}"
 
 

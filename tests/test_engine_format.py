@@ -152,6 +152,7 @@ def test_engine_file_names():
     assert engine_file_name("onnx", "int8") == "unet.int8.onnx"
     assert engine_file_name("onnx", "int8", cpu_form=True) == "unet.int8-cpu.onnx"
     assert engine_file_name("aoti", "bf16") == "unet.bf16.pt2"
+    assert engine_file_name("aoti", "fp16", device="cuda") == "unet.fp16.cuda.pt2"
     assert engine_file_name("tensorrt", "fp8") == "unet.fp8.plan"
     with pytest.raises(EngineError):
         engine_file_name("tflite", "fp32")

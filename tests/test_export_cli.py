@@ -87,6 +87,20 @@ def test_trt_on_without_a_gpu(tmp_path):
     assert_one_line_error(result, "--trt on", "no CUDA device")
 
 
+def test_cuda_package_needs_a_cuda_device(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    result = run("build", "--precision", "fp16", "--pt2-device", "cuda", "--out", str(tmp_path / "o"))
+    assert_one_line_error(result, "--pt2-device cuda", "sees no CUDA device", "GPU machine that will run it")
+    assert not (tmp_path / "o").exists()
+
+
+def test_cuda_package_precisions(tmp_path):
+    result = run("build", "--precision", "int8", "--pt2-device", "cuda", "--out", str(tmp_path / "o"))
+    assert_one_line_error(result, "--pt2-device cuda compiles fp32, fp16, bf16 packages, not int8",
+                          "choose another --precision")
+
+
 def test_checkpoint_and_model_together(tmp_path):
     result = run("build", "--model", "cifar10", "--checkpoint", "x.ckpt", "--out", str(tmp_path))
     assert_one_line_error(result, "either --model NAME or --checkpoint PATH")

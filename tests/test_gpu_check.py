@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
 
 
 def _gpu_check():
+    if str(SCRIPT.parent) not in sys.path:
+        sys.path.insert(0, str(SCRIPT.parent))  # as when run as a script: its sibling modules import
     spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -35,6 +38,16 @@ def test_markdown_table_compares_with_diffusers_fp32():
          "min_s": 0.5, "max_s": 0.6, "images_per_s": 128.0, "tflops": 46.2},
     ]
     found = {"cuda": "GPU", "torch": "2", "torch_cuda": "13", "tensorrt": False, "onnxruntime_cuda": False}
-    table = _gpu_check().markdown(found, {"returncode": 0}, rows)
-    assert "| pndm .pt2 fp16, whole-loop CUDA graph | 64 | 29 | 0.500 |" in table
-    assert table.rstrip().endswith("| 4.00x |")
+    commands = [
+        {"runner": "diffusers PNDMPipeline script, fp32 eager", "batch": 4, "nfe": 29, "median_s": 3.0,
+         "min_s": 2.9, "max_s": 3.1, "images_per_s": 1.3, "cold_s": 4.0, "phases": {"import": 2.0}},
+        {"runner": "pndm-run sample, .pt2 fp16 + whole-loop CUDA graph", "batch": 4, "nfe": 29,
+         "median_s": 1.5,
+         "min_s": 1.4, "max_s": 1.6, "images_per_s": 2.7, "cold_s": 9.0, "phases": {"import": 0.5}},
+    ]
+    table = _gpu_check().markdown(found, {"returncode": 0}, rows, commands)
+    loop_part, command_part = table.split("Whole commands")
+    assert "| pndm .pt2 fp16, whole-loop CUDA graph | 64 | 29 | 0.500 |" in loop_part
+    assert loop_part.rstrip().endswith("| 4.00x |")
+    assert "| pndm-run sample, .pt2 fp16 + whole-loop CUDA graph | 4 | 29 | 1.500 |" in command_part
+    assert "| 2.00x |" in command_part and "cold 9.00 s; phases (s): import 0.50" in command_part

@@ -72,3 +72,42 @@ def test_tensorrt_plan_samples_like_the_reference(tmp_path, cuda_graph):
         timeout=600,
     )
     assert checked.returncode == 0, checked.stdout[-3000:]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_pt2_export_sample_with_the_graph_loop_and_check(tmp_path):
+    """pndm-export --pt2-device cuda -> unet.fp16.cuda.pt2, verified on the GPU; pndm-run samples it with the
+    whole loop as one CUDA graph, close to the fp32 ONNX engine on the CPU; the checker passes it."""
+    import json
+
+    out = tmp_path / "engines"
+    built = subprocess.run(
+        [str(BIN / "pndm-export"), "build", "--precision", "fp16", "--pt2-device", "cuda", "--trt", "off",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=1800,
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["engines"]["unet.fp16.cuda.pt2"]["device"] == "cuda"
+    assert "unet.fp16.cuda.pt2" in manifest["verification"]
+    runs = {}
+    for name, device in (("unet.fp16.cuda.pt2", "cuda"), ("unet.onnx", "cpu")):
+        folder = tmp_path / name
+        ran = subprocess.run(
+            [str(BIN / "pndm-run"), "sample", "--engine", str(out / name), "--device", device, "-n", "6",
+             "--batch", "4", "--steps", "10", "--format", "npz", "--no-progress", "--out", str(folder)],
+            capture_output=True, text=True, timeout=600,
+        )
+        assert ran.returncode == 0, ran.stderr[-3000:]
+        runs[name] = (json.loads((folder / "run.json").read_text()), folder / "samples.npz")
+    assert runs["unet.fp16.cuda.pt2"][0]["graph_loop"] is True
+    import numpy as np
+
+    gpu, cpu = (np.load(path)["images"].astype(np.int32) for _, path in runs.values())
+    assert np.abs(gpu - cpu).mean() < 1.0
+    checked = subprocess.run(
+        [str(BIN / "pndm-run"), "check", "--engine", str(out / "unet.fp16.cuda.pt2"), "--no-progress"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert checked.returncode == 0, checked.stdout[-3000:]

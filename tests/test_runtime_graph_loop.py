@@ -90,9 +90,19 @@ def test_sample_seeds_graph_loop_on_cpu_matches_the_normal_loop():
     torch.testing.assert_close(looped.images, normal.images, rtol=0, atol=1e-4)
 
 
+@pytest.fixture
+def float32_cuda():
+    """CUDA convolutions and matmuls in float32: PyTorch's default TF32 rounds their inputs to 10 bits, so
+    two float32-equal orderings of the solver arithmetic would differ by TF32 noise, not by a loop error."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("method", ["f-pndm", "dpm-solver++3m"])
-def test_cuda_graph_replay_matches_the_recorded_loop_and_the_solver(method):
+def test_cuda_graph_replay_matches_the_recorded_loop_and_the_solver(method, float32_cuda):
     engine = _tiny_engine("cuda")
     schedule = make_schedule("linear", 1000)
     x_T = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)).cuda()
@@ -103,11 +113,14 @@ def test_cuda_graph_replay_matches_the_recorded_loop_and_the_solver(method):
     assert graph.graph is not None
     torch.testing.assert_close(first, eager, rtol=0, atol=1e-5)
     torch.testing.assert_close(second, first, rtol=0, atol=0)
-    torch.testing.assert_close(first, sample(engine, x_T, method, 10, schedule), rtol=0, atol=1e-4)
+    # the random tiny model drives x to |x| ~ 250-700: float32 rounding of the two orderings of the solver
+    # arithmetic differs by ~1e-6 of that (5e-7 measured on the CPU)
+    expected = sample(engine, x_T, method, 10, schedule)
+    torch.testing.assert_close(first, expected, rtol=0, atol=1e-5 * expected.abs().max().item())
 
 
 @pytest.mark.cuda
-def test_cuda_sample_seeds_with_the_graph_loop():
+def test_cuda_sample_seeds_with_the_graph_loop(float32_cuda):
     engine = _tiny_engine("cuda")
     normal = sample_seeds(engine, [0, 1, 2, 3], method="ddim", steps=10, batch=4, progress=False)
     looped = sample_seeds(

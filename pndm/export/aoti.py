@@ -1,13 +1,17 @@
-"""bf16 CPU engine: ``torch.export`` + AOTInductor package (``unet.bf16.pt2``).
+"""AOTInductor engines: ``torch.export`` + AOTInductor package (``unet.bf16.pt2`` for the CPU,
+``unet.<precision>.cuda.pt2`` for a CUDA GPU).
 
-The mixed-precision module (weights in bfloat16, float32 interface and fp32 islands, see
-:mod:`pndm.export.precision`) is exported with a dynamic batch axis and compiled ahead of
-time into a ``.pt2`` package that ``torch._inductor.aoti_load_package`` runs without Python
-model code. On this machine's AVX-512-BF16 CPU it is about twice as fast as fp32 eager.
+The module of :func:`pndm.export.precision.engine_module` (fp32, or weights in bf16/fp16 behind a
+float32 interface) is exported with a dynamic batch axis and compiled ahead of time for one
+device into a ``.pt2`` package that ``torch._inductor.aoti_load_package`` runs without Python model
+code. On an AVX-512-BF16 CPU the bf16 package is about twice as fast as fp32 eager; a CUDA package
+runs Inductor's Triton kernels and can be captured, with the solver updates, into one CUDA graph
+(:mod:`pndm.runtime.graph_loop`).
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -20,12 +24,15 @@ from pndm.fileio import atomic_path
 
 
 def compile_aoti(model: nn.Module, image_shape: tuple[int, int, int], batch: BatchRange, path: Path,
-                 precision: str = "bf16") -> Path:
-    """Export and AOT-compile ``model`` at ``precision`` into the package ``path`` (atomically)."""
+                 precision: str = "bf16", device: str = "cpu", num_classes: int | None = None) -> Path:
+    """Export and AOT-compile ``model`` at ``precision`` for ``device`` into the package ``path``
+    (atomically). ``model`` is not moved: a copy goes to ``device``."""
     module = engine_module(model, precision)
+    if device != "cpu":
+        module = copy.deepcopy(module).to(device)
+    inputs = tuple(value.to(device) for value in example_inputs(image_shape, num_classes=num_classes))
     with torch.no_grad(), quiet_exporter():
-        program = torch.export.export(module, example_inputs(image_shape),
-                                      dynamic_shapes=batch_dynamic_shapes(batch))
+        program = torch.export.export(module, inputs, dynamic_shapes=batch_dynamic_shapes(batch, num_classes))
         with atomic_path(path) as tmp:
             package = tmp.with_suffix(".pt2")  # the packager insists on the .pt2 suffix
             try:
@@ -34,4 +41,3 @@ def compile_aoti(model: nn.Module, image_shape: tuple[int, int, int], batch: Bat
             finally:
                 package.unlink(missing_ok=True)
     return Path(path)
-

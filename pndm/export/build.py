@@ -4,8 +4,9 @@
 2. Collect calibration pairs (x_t, t) and the fp32 model's eps along real solver trajectories.
 3. Export ``unet.onnx`` (fp32) and verify it with the runtime's engine (ONNX Runtime, loaded through
    :func:`pndm.runtime.loader.open_engine`): relative L2 <= 1e-5 or fail.
-4. Per ``--precision``: ``unet.fp16.onnx`` (precision policy checked, verified per t range) or
-   ``unet.bf16.pt2`` (AOTInductor, verified per t range).
+4. Per ``--precision``: ``unet.fp16.onnx`` (precision policy checked, verified per t range),
+   ``unet.bf16.pt2`` (AOTInductor, verified per t range), int8/fp8 Q/DQ graphs; with
+   ``--pt2-device cuda`` instead ``unet.<precision>.cuda.pt2`` (fp32/fp16/bf16, verified on the GPU).
 5. ``unet.<precision>.plan`` when TensorRT and a CUDA device are present (``--trt auto|on|off``).
 6. ``manifest.json`` (written last; :func:`pndm.engine_format.merge` keeps the engines of an earlier
    export of the same model), ``calibration.safetensors``, and for exports of random weights
@@ -61,6 +62,9 @@ from pndm.fileio import sha256_file
 from pndm.trust import record_built
 
 TRT_MODES = ("auto", "on", "off")
+# The AOTInductor packages written per device (--pt2-device): on the CPU the bf16 engine; on CUDA any
+# torch-level precision (unet.<precision>.cuda.pt2).
+PT2_PRECISIONS = {"cpu": ("bf16",), "cuda": ("fp32", "fp16", "bf16")}
 CALIBRATION_FILE = "calibration.safetensors"
 REFERENCE_FILE = "reference.safetensors"
 
@@ -84,6 +88,7 @@ class ExportOptions:
     calibrator: str = DEFAULT_CALIBRATOR
     keep_float: tuple[str, ...] = ()
     placements: tuple[str, ...] = PLACEMENTS
+    pt2_device: str = "cpu"
 
 
 @dataclass
@@ -105,6 +110,7 @@ def check_options(options: ExportOptions) -> str | None:
         raise PndmError(f"--keep-float applies to --precision int8 or fp8, not {options.precision}")
     if not options.placements or any(p not in PLACEMENTS for p in options.placements):
         raise PndmError(f"int8 placements must be among {', '.join(PLACEMENTS)}, got {options.placements}")
+    check_pt2_device(options.pt2_device, options.precision)
     if options.trt not in TRT_MODES:
         raise PndmError(f"unknown TensorRT mode trt={options.trt!r}; choose one of {', '.join(TRT_MODES)}")
     check_opset(options.opset)
@@ -115,6 +121,21 @@ def check_options(options: ExportOptions) -> str | None:
     if reason is not None and options.trt == "on":
         raise PndmError(f"trt=on: cannot build a TensorRT plan: {reason}; use trt=auto or trt=off to skip it")
     return reason
+
+
+def check_pt2_device(device: str, precision: str) -> None:
+    """Refuse a ``--pt2-device`` that is unknown, that has no package at ``precision``, or that this
+    machine does not have (a CUDA package is compiled on, and for, the GPU that will run it)."""
+    if device not in PT2_PRECISIONS:
+        raise PndmError(f"unknown --pt2-device {device!r}; choose one of {', '.join(PT2_PRECISIONS)}")
+    if device == "cuda":
+        if precision not in PT2_PRECISIONS["cuda"]:
+            raise PndmError(f"--pt2-device cuda compiles {', '.join(PT2_PRECISIONS['cuda'])} packages, "
+                            f"not {precision} (int8/fp8 engines are ONNX and TensorRT); choose another "
+                            "--precision")
+        if not torch.cuda.is_available():
+            raise PndmError(f"--pt2-device cuda: torch {torch.__version__} sees no CUDA device; compile the "
+                            "CUDA package on the GPU machine that will run it")
 
 
 def check_out_dir(out: Path) -> None:
@@ -142,12 +163,13 @@ class _Stages:
 
 
 def _verify(path: Path, manifest: Manifest, pairs: CalibrationSet, labels=None) -> dict:
-    """Run the staged engine ``path`` as ``pndm-run`` would (CPU) on the calibration pairs; the errors of
+    """Run the staged engine ``path`` as ``pndm-run`` would (on the device it was built for, else the CPU)
+    on the calibration pairs; the errors of
     its native output (``pairs.eps``: pndm.export.model_calls)."""
     from pndm.runtime.loader import open_engine
 
     name = path.name
-    with open_engine(path, manifest, "cpu") as engine:
+    with open_engine(path, manifest, manifest.engines[name].device or "cpu") as engine:
         candidate = evaluate(engine.native, pairs.x, pairs.t, manifest.batch.max, labels)
     stats = compare(candidate, pairs.eps, pairs.t, manifest.schedule.T)
     precision = manifest.engines[name].precision
@@ -278,14 +300,16 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
                 manifest.verification[name] = _verify(staging / name, manifest, pairs, labels)
                 files.append(name)
 
-        if options.precision == "bf16":
-            name = engine_file_name("aoti", "bf16")
-            stage(f"compiling {name} with AOTInductor (about a minute for a CIFAR-10 UNet)")
+        if options.precision in PT2_PRECISIONS[options.pt2_device]:
+            name = engine_file_name("aoti", options.precision, device=options.pt2_device)
+            stage(f"compiling {name} with AOTInductor for {options.pt2_device} "
+                  "(a minute or two for a CIFAR-10 UNet)")
             started = time.perf_counter()
-            compile_aoti(model, image_shape, options.batch, staging / name)
+            compile_aoti(model, image_shape, options.batch, staging / name, options.precision,
+                         options.pt2_device, spec.num_classes)
             seconds = round(time.perf_counter() - started, 1)
-            manifest.engines[name] = EngineEntry("aoti", "bf16", _built(staging / name), device="cpu",
-                                                 extra={"build_seconds": seconds})
+            manifest.engines[name] = EngineEntry("aoti", options.precision, _built(staging / name),
+                                                 device=options.pt2_device, extra={"build_seconds": seconds})
             stage(f"verifying {name} on {len(pairs)} calibration pairs")
             manifest.verification[name] = _verify(staging / name, manifest, pairs, labels)
             files.append(name)

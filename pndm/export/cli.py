@@ -71,6 +71,12 @@ def load_source(model: str | None, checkpoint: str | None, random_init: bool, tr
               show_default=True,
               help="int8: which Q/DQ placements to write: tensorrt (unet.int8.onnx), cpu "
                    "(unet.int8-cpu.onnx) or both.")
+@click.option("--pt2-device", "pt2_device", type=click.Choice(["cpu", "cuda"]), default="cpu",
+              show_default=True,
+              help="Device the AOTInductor package is compiled for. cpu: unet.bf16.pt2 with --precision "
+                   "bf16. cuda: unet.<precision>.cuda.pt2 for --precision fp32, fp16 or bf16 (run it with "
+                   "pndm-run --device cuda; sampling captures the whole loop as one CUDA graph); needs a "
+                   "CUDA device.")
 @click.option("--batch", "batch_text", default=DEFAULT_BATCH, show_default=True,
               help="Batch range MIN:OPT:MAX the engines accept (TensorRT optimizes for OPT).")
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset (17-25 work).")
@@ -101,10 +107,11 @@ def load_source(model: str | None, checkpoint: str | None, random_init: bool, tr
 @debug_option
 def build(model_name, checkpoint, out, precision, batch_text, opset, trt_mode, timing_cache, lean,
           trt_optimization_level, random_init, trust_pickle, calibration_method, calibration_steps,
-          calibration_count, seed, calibrator, keep_float, int8_form, model_opts):
+          calibration_count, seed, calibrator, keep_float, int8_form, pt2_device, model_opts):
     """Export a model to ONNX (fp32, fp16), bf16 AOTInductor and TensorRT engines, verified against PyTorch.
 
-    Writes unet.onnx, unet.fp16.onnx / unet.bf16.pt2 / unet.<precision>.plan as asked, calibration.safetensors
+    Writes unet.onnx, unet.fp16.onnx / unet.bf16.pt2 / unet.<precision>.cuda.pt2 / unet.<precision>.plan as
+    asked, calibration.safetensors
     and manifest.json into --out, and prints each engine's error per range of t.
     """
     from pndm.export.batch import parse_batch
@@ -116,7 +123,8 @@ def build(model_name, checkpoint, out, precision, batch_text, opset, trt_mode, t
                             calibration_method=calibration_method, calibration_steps=calibration_steps,
                             calibration_count=calibration_count, seed=seed, calibrator=calibrator,
                             keep_float=tuple(name.strip() for name in keep_float.split(",") if name.strip()),
-                            placements=("tensorrt", "cpu") if int8_form == "both" else (int8_form,))
+                            placements=("tensorrt", "cpu") if int8_form == "both" else (int8_form,),
+                            pt2_device=pt2_device)
     check_options(options)  # bad options fail before the model is loaded
     if model_opts["module"] is not None and (model_name or checkpoint or random_init):
         raise PndmError("give one of --module, --model or --checkpoint")

@@ -44,7 +44,7 @@ def evaluate(eps: EpsFn, x: torch.Tensor, t: torch.Tensor, batch: int,
     def labels(i):
         return () if class_labels is None else (class_labels[i:i + batch],)
 
-    return torch.cat([eps(x[i:i + batch], t[i:i + batch], *labels(i)).float().clone()
+    return torch.cat([eps(x[i:i + batch], t[i:i + batch], *labels(i)).to("cpu", torch.float32, copy=True)
                       for i in range(0, len(x), batch)])
 
 

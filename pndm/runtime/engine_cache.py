@@ -23,14 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pndm.fileio import sha256_file
+from pndm.trust import cache_root
 
 ENTRY_RECORD = "entry.json"
 _EVENTS: list[dict] = []
-
-
-def cache_root() -> Path:
-    """``$PNDM_CACHE_DIR`` (default ``~/.cache/pndm``)."""
-    return Path(os.environ.get("PNDM_CACHE_DIR") or Path.home() / ".cache" / "pndm")
 
 
 def take_cache_events() -> list[dict]:
@@ -159,6 +155,11 @@ def aoti_runner(data: bytes, source_sha256: str, device):
     weights are stored apart from the library, a private copy of ``data`` is loaded by torch's C++
     package loader (no inductor import; single-threaded runs, as a CUDA graph capture needs); the
     caller removes the private folder when done. The runner is called as ``run([x, t]) -> [eps]``.
+
+    Known defect (H100, torch 2.11, docs/BENCHMARKS.md "GPU"): a CUDA package loaded in a fresh
+    process segfaulted inside torch's loader (also through ``torch._inductor.aoti_load_package``, and
+    after cuBLAS/cuDNN work); it loaded in the process that compiled it and in one that had run
+    diffusers pipelines first.
     """
     import io
     import zipfile
