@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 # The embedded default model (MNIST digits): export fp32, fp16 and int8 ONNX, then the same 36 seeds through
 # each engine (F-PNDM, 20 steps), the checker's tables and the feature judge's FD of each, in
