@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+import torch
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
@@ -277,7 +278,7 @@ def test_trt_plans_for_qdq_networks():
 
 def test_the_range_nearest_the_data_has_its_own_limit():
     """int8: [0, 0.1 T) is judged against NEAR_DATA_REL_L2_LIMITS, the other ranges against
-    EXPORT_REL_L2_LIMITS; other precisions use one limit everywhere."""
+    EXPORT_REL_L2_LIMITS; a precision without a near-data limit (fp8) uses one limit everywhere."""
     from pndm.export.precision import (
         EXPORT_REL_L2_LIMITS,
         NEAR_DATA_REL_L2_LIMITS,
@@ -288,7 +289,8 @@ def test_the_range_nearest_the_data_has_its_own_limit():
 
     near, far = NEAR_DATA_REL_L2_LIMITS["int8"], EXPORT_REL_L2_LIMITS["int8"]
     assert near > far and rel_l2_limit("int8", 0, 1000) == near and rel_l2_limit("int8", 100, 1000) == far
-    assert rel_l2_limit("fp16", 0, 1000) == rel_l2_limit("fp16", 600, 1000) == EXPORT_REL_L2_LIMITS["fp16"]
+    assert "fp8" not in NEAR_DATA_REL_L2_LIMITS
+    assert rel_l2_limit("fp8", 0, 1000) == rel_l2_limit("fp8", 600, 1000) == EXPORT_REL_L2_LIMITS["fp8"]
 
     def stats(near_error, far_error):
         rows = [{"t": [0, 100], "rel_l2": near_error}, {"t": [100, 300], "rel_l2": far_error}]
@@ -301,8 +303,8 @@ def test_the_range_nearest_the_data_has_its_own_limit():
         require_export_accuracy("unet.int8.onnx", "int8", stats(0.9 * near, 1.1 * far), 1000)
     with pytest.raises(PndmError, match=r"t in \[0, 100\)"):
         require_export_accuracy("unet.int8.onnx", "int8", stats(1.1 * near, 0.5 * far), 1000)
-    with pytest.raises(PndmError, match=r"t in \[0, 100\)"):  # fp16: no near-data allowance
-        require_export_accuracy("unet.fp16.onnx", "fp16", stats(1.1 * far, 0.0), 1000)
+    with pytest.raises(PndmError, match=r"t in \[0, 100\)"):  # fp8: no near-data allowance
+        require_export_accuracy("unet.fp8.onnx", "fp8", stats(1.1 * EXPORT_REL_L2_LIMITS["fp8"], 0.0), 1000)
 
 
 def test_policy_measures_again_when_an_error_hides_behind_another():
@@ -334,3 +336,66 @@ def test_policy_measures_again_when_an_error_hides_behind_another():
     assert kept[0] == "A" and kept[-1] == "B" and len(kept) <= 3
     assert stats["by_t"][0]["rel_l2"] <= limit
     assert sum("measuring the sensitivity" in line for line in logs) == 2
+
+
+def test_policy_adds_layers_until_the_final_images_pass_end_to_end():
+    """Per-call limits hold with no layer in float, but the final images only pass with three layers in
+    float: the policy goes on, one layer at a time in the sensitivity order, and says why it stopped."""
+    from pndm.export.precision import rel_l2_limit
+
+    limit = rel_l2_limit("int8", 100, 1000)
+    layers = [f"L{i}" for i in range(10)]
+
+    class FakeQuantizer:  # a "graph" is the set of layers in float
+        precision, t = "int8", np.linspace(0, 999, 20)
+
+        def __init__(self):
+            self.layers = {name: name for name in layers}
+
+        def quantize(self, placement, kept, fp16=True):
+            return frozenset(kept)
+
+        def without_quantization(self, probe, layer):
+            return probe | {layer}
+
+    def error_of(in_float, subset):  # L9 is the most sensitive, then L8, ...
+        ratio = 0.9 - 0.01 * sum(int(name[1:]) for name in in_float)
+        return {"rel_l2": ratio * limit, "by_t": [{"t": [100, 300], "rel_l2": ratio * limit}]}
+
+    judged: list[int] = []
+
+    def end_to_end(in_float):
+        judged.append(len(in_float))
+        return (1.5 if len(in_float) < 3 else 0.8), f"{len(in_float)} in float"
+
+    logs: list[str] = []
+    kept, _, _ = choose_float_layers(FakeQuantizer(), "cpu", 1000, error_of, logs.append, end_to_end)
+    assert kept == ["L9", "L8", "L7"] and judged == [0, 1, 2, 3]
+    assert sum("end to end: " in line for line in logs) == 4
+
+    def never(in_float):
+        return 2.0, "9.99 grey levels"
+
+    with pytest.raises(PndmError, match="final images are off: 9.99 grey levels"):
+        choose_float_layers(FakeQuantizer(), "cpu", 1000, error_of, logs.append, never)
+
+
+def test_trajectory_guard_tells_a_faithful_graph_from_a_quantized_one(tmp_path):
+    """The fp32 graph reproduces the model's final images (ratio ~0); the same graph with every layer in
+    int8 does not, by far (the tiny random model quantizes badly)."""
+    from pndm.export.onnx_export import export_onnx
+    from pndm.export.quantize import Quantizer
+    from pndm.export.trajectory_guard import trajectory_guard
+    from pndm.schedules import make_schedule
+
+    model, spec = tiny_model()
+    schedule = make_schedule(spec.schedule_spec)
+    graph = export_onnx(model, spec.image_shape, parse_batch("1:4:8"), 20)
+    excess = trajectory_guard(model, spec, schedule, "int8")
+    faithful, text = excess(graph)
+    assert faithful < 0.05 and "grey levels" in text
+    x = torch.randn(8, *spec.image_shape).numpy()
+    t = np.linspace(10, 990, 8).astype(np.float32)
+    quantizer = Quantizer(graph, x, t, precision="int8", calibrator="minmax", batch=4, workdir=tmp_path)
+    quantized, _ = excess(quantizer.quantize("cpu", []))
+    assert quantized > 20 * max(faithful, 0.01)

@@ -57,6 +57,7 @@ from pndm.export.quantize import (
     QUANT_PRECISIONS,
     quantize_engines,
 )
+from pndm.export.trajectory_guard import GUARD_SEEDS, trajectory_guard
 from pndm.export.verify import compare, evaluate, format_table, require_finite, require_fp32_agreement
 from pndm.fileio import sha256_file
 from pndm.trust import record_built
@@ -280,6 +281,10 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
             files.append(name)
 
         if options.precision in QUANT_PRECISIONS:
+            end_to_end = None  # random weights: trajectories blow up, their images say nothing
+            if spec.source_kind != "random" and not options.keep_float:
+                stage(f"sampling {GUARD_SEEDS} fp32 reference images for the end-to-end guard")
+                end_to_end = trajectory_guard(model, spec, schedule, options.precision)
             stage(f"quantizing to {options.precision} ({options.calibrator} calibration, {len(pairs)} pairs)")
             started = time.perf_counter()
             engines = quantize_engines(
@@ -287,7 +292,7 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
                 calibrator=options.calibrator, keep_float=options.keep_float,
                 T=manifest.schedule.T, batch=options.batch.max,
                 error_of=lambda g, subset: _verify_graph(g, pairs, subset, manifest), log=stage,
-                placements=options.placements)
+                placements=options.placements, end_to_end=end_to_end)
             seconds = round(time.perf_counter() - started, 1)
             for engine in engines:
                 name = engine_file_name("onnx", engine.precision, cpu_form=engine.placement == "cpu")

@@ -237,7 +237,9 @@ def _spread(t: np.ndarray, count: int) -> np.ndarray:
 
 def choose_float_layers(quantizer: Quantizer, placement: str, T: int,
                         error_of: Callable[[onnx.ModelProto, np.ndarray | None], dict],
-                        log: Callable[[str], None] = print) -> tuple[list[str], dict[str, str], dict]:
+                        log: Callable[[str], None] = print,
+                        end_to_end: Callable[[onnx.ModelProto], tuple[float, str]] | None = None,
+                        ) -> tuple[list[str], dict[str, str], dict]:
     """Keep the most sensitive layers in float until ``placement``'s error is within its limit in every t
     range (:func:`pndm.export.precision.rel_l2_limit`; ``T``: the schedule's length).
 
@@ -248,8 +250,11 @@ def choose_float_layers(quantizer: Quantizer, placement: str, T: int,
     at a time in that order; when an addition gains less than :data:`MIN_GAIN`, the layers' errors
     interact (one layer's error can hide behind another's until that one is in float), so the
     remaining layers are measured again beside the kept ones (at most once each time the
-    kept set has doubled, which bounds the passes by log2 of the layer count). Returns (kept
-    layers, why each was kept, the final stats).
+    kept set has doubled, which bounds the passes by log2 of the layer count).
+
+    ``end_to_end(model) -> (ratio, description)`` (:func:`pndm.export.trajectory_guard.trajectory_guard`),
+    when given, is a second criterion checked once the per-call limits hold: while its ratio exceeds 1,
+    more layers go to float in the same order. Returns (kept layers, why each was kept, the final stats).
     """
 
     def worst(stats: dict) -> float:
@@ -261,13 +266,24 @@ def choose_float_layers(quantizer: Quantizer, placement: str, T: int,
         return (f"worst t range [{lo}, {hi}): rel L2 {row['rel_l2']:.3g} "
                 f"(limit {rel_l2_limit(quantizer.precision, lo, T):g}, {ratio:.2f}x)")
 
-    stats = error_of(quantizer.quantize(placement, []), None)
-    log(f"{quantizer.precision} {placement} form, every layer quantized: {describe(stats)}")
-    if worst(stats) <= 1:
-        return [], {}, stats
-    subset = _spread(quantizer.t, SENSITIVITY_PAIRS)
     kept: list[str] = []
     reasons: dict[str, str] = {}
+    judged = {"text": ""}  # the last end-to-end description, for the error message
+
+    def excess(stats: dict) -> float:
+        """The per-call ratio while it exceeds 1, then the end-to-end one (logged)."""
+        if worst(stats) > 1 or end_to_end is None:
+            return worst(stats)
+        ratio, judged["text"] = end_to_end(quantizer.quantize(placement, kept))
+        log(f"{placement} form, {len(kept)} layers in float, end to end: {judged['text']} ({ratio:.2f}x)")
+        return ratio
+
+    stats = error_of(quantizer.quantize(placement, []), None)
+    log(f"{quantizer.precision} {placement} form, every layer quantized: {describe(stats)}")
+    current = excess(stats)
+    if current <= 1:
+        return [], {}, stats
+    subset = _spread(quantizer.t, SENSITIVITY_PAIRS)
 
     def rank() -> list[str]:
         """The layers not kept, most sensitive first (each measured beside the kept ones)."""
@@ -284,17 +300,19 @@ def choose_float_layers(quantizer: Quantizer, placement: str, T: int,
 
     ranked, ranked_at = rank(), 0
     step = 1
-    while worst(stats) > 1:
+    while current > 1:
         if len(kept) + step > MAX_FLOAT_FRACTION * len(quantizer.layers):
+            problem = describe(stats) if worst(stats) > 1 else f"final images are off: {judged['text']}"
             raise PndmError(
                 f"{quantizer.precision} {placement} form: even with {len(kept)} of {len(quantizer.layers)} "
-                f"layers in float the {describe(stats)}; export with --precision fp16, or try "
+                f"layers in float the {problem}; export with --precision fp16, or try "
                 "another --calibrator or more --calibration-count"
             )
         kept, ranked = kept + ranked[:step], ranked[step:]
         before, stats = stats, error_of(quantizer.quantize(placement, kept), None)
         log(f"{placement} form, {len(kept)} layers in float: {describe(stats)}")
-        step = max(1, len(kept) // 2)
+        current = excess(stats)
+        step = max(1, len(kept) // 2) if worst(stats) > 1 else 1  # end to end: one layer at a time
         stalled = worst(stats) > 1 and worst(stats) > (1 - MIN_GAIN) * worst(before)
         if stalled and len(kept) >= 2 * ranked_at:  # at most once per doubling of the kept layers
             ranked, ranked_at, step = rank(), len(kept), 1
@@ -365,8 +383,11 @@ def quantize_engines(fp32: onnx.ModelProto, x: np.ndarray, t: np.ndarray, eps: n
                      calibrator: str, keep_float: tuple[str, ...], T: int, batch: int,
                      error_of: Callable[[onnx.ModelProto, np.ndarray | None], dict],
                      log: Callable[[str], None] = print,
-                     placements: tuple[str, ...] = PLACEMENTS) -> list[QuantizedEngine]:
-    """The Q/DQ engines of ``precision``: int8 in each of ``placements``, fp8 in the TensorRT form only."""
+                     placements: tuple[str, ...] = PLACEMENTS,
+                     end_to_end: Callable[[onnx.ModelProto], tuple[float, str]] | None = None,
+                     ) -> list[QuantizedEngine]:
+    """The Q/DQ engines of ``precision``: int8 in each of ``placements``, fp8 in the TensorRT form only.
+    ``end_to_end``: the automatic policy's second criterion (:func:`choose_float_layers`)."""
     require_calibration_data(x, eps, precision)
     kept = resolve_keep_float(fp32, keep_float)
     if precision != "int8":
@@ -379,7 +400,7 @@ def quantize_engines(fp32: onnx.ModelProto, x: np.ndarray, t: np.ndarray, eps: n
             if keep_float:
                 chosen, reasons = kept, {name: "--keep-float" for name in kept}
             else:
-                chosen, reasons, _ = choose_float_layers(quantizer, placement, T, error_of, log)
+                chosen, reasons, _ = choose_float_layers(quantizer, placement, T, error_of, log, end_to_end)
             model = quantizer.quantize(placement, chosen)
             check_qdq_structure(model, precision)
             log(f"{precision} {placement} form: " + ("; ".join(f"{name} kept in float ({reasons[name]})"

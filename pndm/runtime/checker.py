@@ -57,7 +57,10 @@ class Thresholds:
 # with margin (the numbers are in docs/RUNTIME.md).
 THRESHOLDS = {
     "fp32": Thresholds(lockstep_rel_l2=1e-4, max_grey_diff=1, mean_grey_diff=0.05, min_psnr_db=50.0),
-    "fp16": Thresholds(lockstep_rel_l2=1e-2, max_grey_diff=255, mean_grey_diff=1.0, min_psnr_db=35.0),
+    # fp16 near the data: the CUDA .pt2 casts x to fp16 (9.5e-3 export error at t < 0.1 T on the default
+    # model, pndm/export/precision.py); as with bf16, an error there moves the final image little.
+    "fp16": Thresholds(lockstep_rel_l2=1e-2, max_grey_diff=255, mean_grey_diff=1.0, min_psnr_db=35.0,
+                       lockstep_rel_l2_near_data=5e-2),
     # bf16: measured on the trained default model v1: worst rel L2 2.6e-2 (at t=0), mean grey diff 1.08,
     # PSNR 40.5 dB; v2 (v-prediction): 1.1e-2 at t=50, 1.4e-1 at t=0, 0.66 grey, 47.6 dB
     # (docs/RUNTIME.md, "Why these limits").
