@@ -307,6 +307,21 @@ def test_the_range_nearest_the_data_has_its_own_limit():
         require_export_accuracy("unet.fp8.onnx", "fp8", stats(1.1 * EXPORT_REL_L2_LIMITS["fp8"], 0.0), 1000)
 
 
+class FakeQuantizer:
+    """The policy's view of a quantizer, without graphs: a "graph" is the set of layers in float."""
+
+    precision, t = "int8", np.linspace(0, 999, 20)
+
+    def __init__(self, layers: list[str]):
+        self.layers = {name: name for name in layers}
+
+    def quantize(self, placement, kept, fp16=True):
+        return frozenset(kept)
+
+    def without_quantization(self, probe, layer):
+        return probe | {layer}
+
+
 def test_policy_measures_again_when_an_error_hides_behind_another():
     """Layer B's error only shows once A is in float: ranked once (everything else quantized), B ties
     with eight harmless layers and would come last; measured again beside A, it comes next."""
@@ -315,24 +330,12 @@ def test_policy_measures_again_when_an_error_hides_behind_another():
     limit = rel_l2_limit("int8", 100, 1000)
     layers = ["A", *(f"C{i}" for i in range(8)), "B"]
 
-    class FakeQuantizer:  # a "graph" is the set of layers in float
-        precision, t = "int8", np.linspace(0, 999, 20)
-
-        def __init__(self):
-            self.layers = {name: name for name in layers}
-
-        def quantize(self, placement, kept, fp16=True):
-            return frozenset(kept)
-
-        def without_quantization(self, probe, layer):
-            return probe | {layer}
-
     def error_of(in_float, subset):
         ratio = 4.0 if "A" not in in_float else (0.5 if "B" in in_float else 3.0)
         return {"rel_l2": ratio * limit, "by_t": [{"t": [100, 300], "rel_l2": ratio * limit}]}
 
     logs: list[str] = []
-    kept, reasons, stats = choose_float_layers(FakeQuantizer(), "tensorrt", 1000, error_of, logs.append)
+    kept, reasons, stats = choose_float_layers(FakeQuantizer(layers), "tensorrt", 1000, error_of, logs.append)
     assert kept[0] == "A" and kept[-1] == "B" and len(kept) <= 3
     assert stats["by_t"][0]["rel_l2"] <= limit
     assert sum("measuring the sensitivity" in line for line in logs) == 2
@@ -346,18 +349,6 @@ def test_policy_adds_layers_until_the_final_images_pass_end_to_end():
     limit = rel_l2_limit("int8", 100, 1000)
     layers = [f"L{i}" for i in range(10)]
 
-    class FakeQuantizer:  # a "graph" is the set of layers in float
-        precision, t = "int8", np.linspace(0, 999, 20)
-
-        def __init__(self):
-            self.layers = {name: name for name in layers}
-
-        def quantize(self, placement, kept, fp16=True):
-            return frozenset(kept)
-
-        def without_quantization(self, probe, layer):
-            return probe | {layer}
-
     def error_of(in_float, subset):  # L9 is the most sensitive, then L8, ...
         ratio = 0.9 - 0.01 * sum(int(name[1:]) for name in in_float)
         return {"rel_l2": ratio * limit, "by_t": [{"t": [100, 300], "rel_l2": ratio * limit}]}
@@ -369,7 +360,7 @@ def test_policy_adds_layers_until_the_final_images_pass_end_to_end():
         return (1.5 if len(in_float) < 3 else 0.8), f"{len(in_float)} in float"
 
     logs: list[str] = []
-    kept, _, _ = choose_float_layers(FakeQuantizer(), "cpu", 1000, error_of, logs.append, end_to_end)
+    kept, _, _ = choose_float_layers(FakeQuantizer(layers), "cpu", 1000, error_of, logs.append, end_to_end)
     assert kept == ["L9", "L8", "L7"] and judged == [0, 1, 2, 3]
     assert sum("end to end: " in line for line in logs) == 4
 
@@ -377,7 +368,7 @@ def test_policy_adds_layers_until_the_final_images_pass_end_to_end():
         return 2.0, "9.99 grey levels"
 
     with pytest.raises(PndmError, match="final images are off: 9.99 grey levels"):
-        choose_float_layers(FakeQuantizer(), "cpu", 1000, error_of, logs.append, never)
+        choose_float_layers(FakeQuantizer(layers), "cpu", 1000, error_of, logs.append, never)
 
 
 def test_trajectory_guard_tells_a_faithful_graph_from_a_quantized_one(tmp_path):
