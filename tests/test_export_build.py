@@ -218,3 +218,23 @@ def test_reference_eps_uses_the_exported_model_outputs(exported):
     assert torch.allclose(eps, saved["eps"], rtol=1e-4, atol=1e-5)
 
 
+
+
+def test_a_batch_range_torch_export_refuses_is_one_line(tmp_path, monkeypatch):
+    """torch.export's constraint error (e.g. a model that only traces for batch 2..63) becomes a PndmError
+    that names the range, torch's suggestion and the ways out, before any compiling."""
+    from torch._dynamo.exc import UserError, UserErrorType
+
+    from pndm.export.aoti import compile_aoti
+
+    def refuse(*args, **kwargs):
+        raise UserError(UserErrorType.CONSTRAINT_VIOLATION,
+                        "Constraints violated (batch)!\n  - Not all values ...\nSuggested fixes:\n"
+                        "  batch = Dim('batch', max=63)")
+
+    monkeypatch.setattr(torch.export, "export", refuse)
+    model, spec = tiny_model()
+    expected = r"batch 1\.\.64 .*suggests batch = Dim\('batch', max=63\).*narrow --batch"
+    with pytest.raises(PndmError, match=expected):
+        compile_aoti(model, spec.image_shape, parse_batch("1:4:64"), tmp_path / "unet.bf16.pt2")
+    assert not (tmp_path / "unet.bf16.pt2").exists()

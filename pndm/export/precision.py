@@ -80,8 +80,10 @@ class MixedPrecisionUNet(nn.Module):
         self.model = copy.deepcopy(model).to(dtype).eval()
         self.dtype = dtype
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, *class_labels: torch.Tensor) -> torch.Tensor:
-        return self.model(x.to(self.dtype), t, *class_labels).float()
+    def forward(self, x: torch.Tensor, t: torch.Tensor,
+                class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        labels = () if class_labels is None else (class_labels,)
+        return self.model(x.to(self.dtype), t, *labels).float()
 
 
 def engine_module(model: nn.Module, precision: str) -> nn.Module:
