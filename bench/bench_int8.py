@@ -5,7 +5,9 @@ from an export folder made by
 
     pndm-export build --model cifar10 --random-init --precision bf16 --batch 1:8:64 --trt off --out DIR
 
-(``unet.onnx``, ``unet.bf16.pt2``). The int8 CPU form is quantized here from ``unet.onnx`` as
+(``unet.onnx``, ``unet.bf16.pt2``), and optionally diffusers' ``UNet2DModel`` of the same architecture
+(``--diffusers-unet``, fp32 eager: what diffusers' pipelines call). The int8 CPU form is quantized
+here from ``unet.onnx`` as
 ``pndm-export build --precision int8`` does (:class:`pndm.export.quantize.Quantizer`, CPU placement,
 minmax calibration on forward-process inputs, ``conv_in`` and ``conv_out`` kept in float) but without
 the accuracy gate, which random weights cannot meet (their errors say nothing about a trained model).
@@ -82,6 +84,14 @@ def ort_call(path: Path, threads: int):
     return lambda x, t: session.run(None, {"x": x.numpy(), "t": t.numpy()})[0]
 
 
+def diffusers_call(unet_dir: Path):
+    """diffusers' UNet2DModel (fp32 eager), the model a PNDMPipeline calls."""
+    from diffusers import UNet2DModel
+
+    unet = UNet2DModel.from_pretrained(unet_dir).eval()
+    return lambda x, t: unet(x, t).sample
+
+
 def aoti_call(path: Path):
     runner = torch._inductor.aoti_load_package(str(path))
     return lambda x, t: runner(x, t)
@@ -91,6 +101,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--onnx", type=Path, required=True, help="the fp32 unet.onnx of the export")
     parser.add_argument("--pt2", type=Path, default=None, help="the bf16 unet.bf16.pt2 of the export, if any")
+    parser.add_argument("--diffusers-unet", type=Path, default=None,
+                        help="a UNet2DModel folder of the same architecture (bench_command.py's), if any")
     parser.add_argument("--work", type=Path, default=None, help="folder for the int8 engine (default: temp)")
     parser.add_argument("--batches", default="1,4,8")
     parser.add_argument("--repeats", type=int, default=5)
@@ -109,6 +121,8 @@ def main() -> None:
                                                                   args.threads)}
     if args.pt2 is not None:
         engines["bf16 AOTInductor (unet.bf16.pt2)"] = aoti_call(args.pt2)
+    if args.diffusers_unet is not None:
+        engines["diffusers UNet2DModel fp32 eager"] = diffusers_call(args.diffusers_unet)
     results: dict[str, dict[int, float]] = {name: {} for name in engines}
     generator = torch.Generator().manual_seed(0)
     for batch in (int(b) for b in args.batches.split(",")):
