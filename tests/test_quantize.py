@@ -374,15 +374,14 @@ def test_policy_adds_layers_until_the_final_images_pass_end_to_end():
 def test_trajectory_guard_tells_a_faithful_graph_from_a_quantized_one(tmp_path):
     """The fp32 graph reproduces the model's final images (ratio ~0); the same graph with every layer in
     int8 does not, by far (the tiny random model quantizes badly)."""
+    from pndm.export.model_calls import ModelCalls
     from pndm.export.onnx_export import export_onnx
     from pndm.export.quantize import Quantizer
     from pndm.export.trajectory_guard import trajectory_guard
-    from pndm.schedules import make_schedule
 
     model, spec = tiny_model()
-    schedule = make_schedule(spec.schedule_spec)
     graph = export_onnx(model, spec.image_shape, parse_batch("1:4:8"), 20)
-    excess = trajectory_guard(model, spec, schedule, "int8")
+    excess = trajectory_guard(ModelCalls(model, spec, count=1), "int8")
     faithful, text = excess(graph)
     assert faithful < 0.05 and "grey levels" in text
     x = torch.randn(8, *spec.image_shape).numpy()

@@ -29,8 +29,8 @@ def compile_aoti(model: nn.Module, image_shape: tuple[int, int, int], batch: Bat
     """Export and AOT-compile ``model`` at ``precision`` for ``device`` into the package ``path``
     (atomically). ``model`` is not moved: a copy goes to ``device``."""
     module = engine_module(model, precision)
-    if device != "cpu":
-        module = copy.deepcopy(module).to(device)
+    if device != "cpu":  # the mixed-precision wrapper holds its own copy; fp32 is the caller's model
+        module = (copy.deepcopy(module) if module is model else module).to(device)
     inputs = tuple(value.to(device) for value in example_inputs(image_shape, num_classes=num_classes))
     with torch.no_grad(), quiet_exporter():
         try:

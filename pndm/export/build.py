@@ -58,7 +58,14 @@ from pndm.export.quantize import (
     quantize_engines,
 )
 from pndm.export.trajectory_guard import GUARD_SEEDS, trajectory_guard
-from pndm.export.verify import compare, evaluate, format_table, require_finite, require_fp32_agreement
+from pndm.export.verify import (
+    compare,
+    evaluate,
+    format_table,
+    onnx_native,
+    require_finite,
+    require_fp32_agreement,
+)
 from pndm.fileio import sha256_file
 from pndm.trust import record_built
 
@@ -199,19 +206,10 @@ def previous_manifest(out: Path) -> Manifest | None:
 
 def _verify_graph(graph, pairs: CalibrationSet, subset, manifest: Manifest) -> dict:
     """Errors of an in-memory ONNX graph on the calibration pairs (``subset``: indices, None for all)."""
-    import onnxruntime as ort
-
     if subset is not None:
         index = torch.as_tensor(subset)
         pairs = CalibrationSet(pairs.x[index], pairs.t[index], pairs.eps[index])
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run(None, {"x": x.numpy(), "t": t.numpy()})[0])
-
-    candidate = evaluate(eps, pairs.x, pairs.t, manifest.batch.max)
+    candidate = evaluate(onnx_native(graph), pairs.x, pairs.t, manifest.batch.max)
     return compare(candidate, pairs.eps, pairs.t, manifest.schedule.T)
 
 
@@ -284,7 +282,7 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
             end_to_end = None  # random weights: trajectories blow up, their images say nothing
             if spec.source_kind != "random" and not options.keep_float:
                 stage(f"sampling {GUARD_SEEDS} fp32 reference images for the end-to-end guard")
-                end_to_end = trajectory_guard(model, spec, schedule, options.precision)
+                end_to_end = trajectory_guard(calls, options.precision)
             stage(f"quantizing to {options.precision} ({options.calibrator} calibration, {len(pairs)} pairs)")
             started = time.perf_counter()
             engines = quantize_engines(

@@ -11,6 +11,8 @@ must reproduce. Class-conditional models (``spec.num_classes``): trajectory i is
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -40,8 +42,16 @@ class ModelCalls:
 
     def eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """eps(x_t, t) for one solver call over the ``count`` trajectories (module doc)."""
-        labels = None if self.num_classes is None else torch.arange(x.shape[0]) % self.num_classes
-        return as_eps(self.native, self.spec.prediction, self.schedule)(x, t, labels)
+        return self.eps_through(self.native)(x, t)
+
+    def eps_through(self, native: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        """eps(x_t, t) of another ``native(x, t, class_labels)`` of this model (an exported graph), with
+        this model's prediction type, schedule and class of each row."""
+        def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            labels = None if self.num_classes is None else torch.arange(x.shape[0]) % self.num_classes
+            return as_eps(native, self.spec.prediction, self.schedule)(x, t, labels)
+
+        return eps
 
     def store_native(self, pairs, batch: int) -> None:
         """Replace ``pairs.eps`` by the native outputs at the pairs (a no-op for epsilon models)."""

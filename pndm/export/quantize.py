@@ -270,17 +270,18 @@ def choose_float_layers(quantizer: Quantizer, placement: str, T: int,
     reasons: dict[str, str] = {}
     judged = {"text": ""}  # the last end-to-end description, for the error message
 
-    def excess(stats: dict) -> float:
-        """The per-call ratio while it exceeds 1, then the end-to-end one (logged)."""
+    def excess(model: onnx.ModelProto, stats: dict) -> float:
+        """The per-call ratio of ``model`` (``stats``) while over 1, then the end-to-end one (logged)."""
         if worst(stats) > 1 or end_to_end is None:
             return worst(stats)
-        ratio, judged["text"] = end_to_end(quantizer.quantize(placement, kept))
+        ratio, judged["text"] = end_to_end(model)
         log(f"{placement} form, {len(kept)} layers in float, end to end: {judged['text']} ({ratio:.2f}x)")
         return ratio
 
-    stats = error_of(quantizer.quantize(placement, []), None)
+    model = quantizer.quantize(placement, [])
+    stats = error_of(model, None)
     log(f"{quantizer.precision} {placement} form, every layer quantized: {describe(stats)}")
-    current = excess(stats)
+    current = excess(model, stats)
     if current <= 1:
         return [], {}, stats
     subset = _spread(quantizer.t, SENSITIVITY_PAIRS)
@@ -309,9 +310,10 @@ def choose_float_layers(quantizer: Quantizer, placement: str, T: int,
                 "another --calibrator or more --calibration-count"
             )
         kept, ranked = kept + ranked[:step], ranked[step:]
-        before, stats = stats, error_of(quantizer.quantize(placement, kept), None)
+        model = quantizer.quantize(placement, kept)
+        before, stats = stats, error_of(model, None)
         log(f"{placement} form, {len(kept)} layers in float: {describe(stats)}")
-        current = excess(stats)
+        current = excess(model, stats)
         step = max(1, len(kept) // 2) if worst(stats) > 1 else 1  # end to end: one layer at a time
         stalled = worst(stats) > 1 and worst(stats) > (1 - MIN_GAIN) * worst(before)
         if stalled and len(kept) >= 2 * ranked_at:  # at most once per doubling of the kept layers

@@ -21,7 +21,6 @@ import torch
 
 from pndm.images import to_uint8
 from pndm.metrics import image_agreement
-from pndm.prediction import as_eps
 
 GUARD_SEEDS = 8
 GUARD_METHOD, GUARD_STEPS = "f-pndm", 20  # the checker's defaults
@@ -39,48 +38,23 @@ def _images(eps: Callable, image_shape: tuple[int, ...], schedule, seeds: list[i
         return to_uint8(sample(eps, x_T, GUARD_METHOD, GUARD_STEPS, schedule))
 
 
-def _labelled(native: Callable, num_classes: int | None) -> Callable:
-    """``native(x, t)`` with class ``i % num_classes`` for image i of a class-conditional model."""
-    if num_classes is None:
-        return native
-    return lambda x, t: native(x, t, torch.arange(x.shape[0]) % num_classes)
-
-
-def _onnx_native(graph: onnx.ModelProto) -> Callable:
-    """The graph's native output in ONNX Runtime on the CPU, as a torch function of (x, t[, labels])."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    names = [value.name for value in session.get_inputs()]
-
-    def native(*inputs: torch.Tensor) -> torch.Tensor:
-        feeds = {name: value.numpy() for name, value in zip(names, inputs, strict=False)}
-        return torch.from_numpy(session.run(None, feeds)[0])
-
-    return native
-
-
-def trajectory_guard(model: torch.nn.Module, spec, schedule, precision: str,
+def trajectory_guard(calls, precision: str,
                      seeds: int = GUARD_SEEDS) -> Callable[[onnx.ModelProto], tuple[float, str]]:
-    """``excess(graph) -> (ratio, description)``: ratio <= 1 when the graph's final images agree with the
-    fp32 ``model``'s well enough (module doc); the fp32 images are sampled once, here."""
+    """``excess(graph) -> (ratio, description)``: ratio <= 1 when the graph's final images agree with those
+    of the fp32 model behind ``calls`` (:class:`pndm.export.model_calls.ModelCalls`, which also says how
+    a native output becomes eps) well enough (module doc); the fp32 images are sampled once, here."""
+    from pndm.export.verify import onnx_native
     from pndm.runtime.checker import THRESHOLDS
 
     limits = THRESHOLDS[precision]
-    image_shape, seed_list = tuple(spec.image_shape), list(range(seeds))
-
-    def images_of(native: Callable) -> torch.Tensor:
-        eps = as_eps(_labelled(native, spec.num_classes), spec.prediction, schedule)
-        return _images(eps, image_shape, schedule, seed_list)
-
-    reference = images_of(lambda *inputs: model(*inputs))
+    image_shape, seed_list = tuple(calls.spec.image_shape), list(range(seeds))
+    reference = _images(calls.eps, image_shape, calls.schedule, seed_list)
     mean_limit = GUARD_MARGIN * limits.mean_grey_diff
     psnr_floor = limits.min_psnr_db + GUARD_PSNR_MARGIN_DB
 
     def excess(graph: onnx.ModelProto) -> tuple[float, str]:
-        agreement = image_agreement(images_of(_onnx_native(graph)), reference)
+        images = _images(calls.eps_through(onnx_native(graph)), image_shape, calls.schedule, seed_list)
+        agreement = image_agreement(images, reference)
         mean, psnr = agreement["mean_grey_diff"], agreement["psnr_db"]
         ratio = max(mean / mean_limit, psnr_floor / psnr if psnr > 0 else float("inf"))
         return ratio, (f"{GUARD_METHOD} {GUARD_STEPS} steps on {seeds} seeds: {mean:.2f} grey levels "

@@ -36,6 +36,24 @@ def compare(candidate: torch.Tensor, reference: torch.Tensor, t: torch.Tensor, T
     return result
 
 
+def onnx_native(graph) -> Callable[..., torch.Tensor]:
+    """An in-memory ONNX graph in ONNX Runtime on the CPU, as ``native(x, t, class_labels=None)`` on torch
+    tensors (its output, whatever the model predicts)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [value.name for value in session.get_inputs()]
+
+    def native(x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        inputs = (x, t) if class_labels is None else (x, t, class_labels)
+        feeds = {name: value.numpy() for name, value in zip(names, inputs, strict=True)}
+        return torch.from_numpy(session.run(None, feeds)[0])
+
+    return native
+
+
 @torch.no_grad()
 def evaluate(eps: EpsFn, x: torch.Tensor, t: torch.Tensor, batch: int,
              class_labels: torch.Tensor | None = None) -> torch.Tensor:
