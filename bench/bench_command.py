@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import CIFAR10_CONFIG, GFLOP_PER_IMAGE_NFE, run_once
+from common import GFLOP_PER_IMAGE_NFE, run_once, save_cifar10_unet
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -81,10 +81,7 @@ def prepare(work: Path, env: dict) -> tuple[Path, Path]:
         log(" ".join(cmd))
         subprocess.run(cmd, check=True, env=env)
     if not (unet_dir / "config.json").is_file():
-        from diffusers import UNet2DModel
-
-        torch.manual_seed(0)
-        UNet2DModel(**CIFAR10_CONFIG).save_pretrained(unet_dir)
+        save_cifar10_unet(unet_dir)
     return engines, unet_dir
 
 

@@ -20,6 +20,16 @@ CIFAR10_CONFIG = {
 }
 
 
+def save_cifar10_unet(folder: Path) -> Path:
+    """A diffusers UNet2DModel folder of the CIFAR-10 architecture (random weights, seed 0)."""
+    import torch
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    UNet2DModel(**CIFAR10_CONFIG).save_pretrained(folder)
+    return folder
+
+
 def run_once(argv: list[str], out: Path, env: dict) -> dict:
     """Wall seconds of one command, and its own phase record (run.json or the script's JSON line)."""
     start = time.perf_counter()

@@ -36,7 +36,7 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from common import CIFAR10_CONFIG, GFLOP_PER_IMAGE_NFE, run_once
+from common import GFLOP_PER_IMAGE_NFE, run_once, save_cifar10_unet
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -94,17 +94,6 @@ def build_engines(out: Path, precisions: list[str], batch_max: int, env: dict) -
         say(f"built in {time.perf_counter() - started:.0f} s")
         engines[precision] = folder / f"unet.{precision}.cuda.pt2"
     return engines
-
-
-def diffusers_unet(out: Path) -> Path:
-    """A UNet2DModel folder of the CIFAR-10 architecture (random weights, seed 0)."""
-    import torch
-    from diffusers import UNet2DModel
-
-    unet_dir = out / "diffusers-unet"
-    torch.manual_seed(0)
-    UNet2DModel(**CIFAR10_CONFIG).save_pretrained(unet_dir)
-    return unet_dir
 
 
 def loop_timings(args, engines: dict[str, Path], unet_dir: Path | None) -> list[dict]:
@@ -166,7 +155,6 @@ def loop_timings(args, engines: dict[str, Path], unet_dir: Path | None) -> list[
         rows.append({
             "runner": name, "batch": batch, "nfe": nfe, "median_s": median, "min_s": min(times[i]),
             "max_s": max(times[i]), "all_s": times[i], "images_per_s": batch / median,
-            "tflops": GFLOP_PER_IMAGE_NFE * batch * nfe / median / 1e3,
         })
     return rows
 
@@ -190,13 +178,14 @@ def command_timings(args, engine: Path, unet_dir: Path | None, out: Path, env: d
     cases = [(name, num) for num in nums for name in runners]
     results = {case: [] for case in cases}
     for round_index in range(args.rounds + 1):  # round 0: the cold run (empty engine cache), not counted
-        for name, num in cases:
-            folder = out / "commands" / f"{len(results[(name, num)])}-{abs(hash(name)) % 10**6}-{num}"
+        for index, (name, num) in enumerate(cases):
+            folder = out / "commands" / f"round{round_index}-case{index}"
             results[(name, num)].append(run_once(runners[name](num, folder), folder, env))
         say(f"whole commands: round {round_index}/{args.rounds} done")
     rows = []
     for (name, num), runs in results.items():
-        walls, median = [r["wall"] for r in runs[1:]], statistics.median(r["wall"] for r in runs[1:])
+        walls = [r["wall"] for r in runs[1:]]
+        median = statistics.median(walls)
         rows.append({
             "runner": name, "batch": num, "nfe": nfe, "median_s": median, "min_s": min(walls),
             "max_s": max(walls), "all_s": walls, "cold_s": runs[0]["wall"], "images_per_s": num / median,
@@ -287,7 +276,7 @@ def main(argv=None) -> int:
     env = dict(os.environ)
     batches = [int(b) for b in args.batches.split(",")] + [int(n) for n in args.command_images.split(",")]
     engines = build_engines(args.out, args.precisions.split(","), max(batches), env)
-    unet_dir = diffusers_unet(args.out) if found["diffusers"] else None
+    unet_dir = save_cifar10_unet(args.out / "diffusers-unet") if found["diffusers"] else None
     if unet_dir is None:
         say("diffusers is not installed: no diffusers baseline (carry its wheel, or pip install diffusers)")
     result["timings"] = loop_timings(args, engines, unet_dir)
