@@ -119,7 +119,28 @@ def test_cpu_form_quantizes_layer_outputs_too(int8_export):
     quantized_outputs = [c for c in convs
                          if any(u.op_type == "QuantizeLinear" for u in consumers.get(c.output[0], []))]
     assert len(quantized_outputs) >= len(convs) // 2
-    check_qdq_structure(model, "int8")
+    check_qdq_structure(model, "int8", "cpu")
+
+
+def test_cpu_form_has_uint8_activations_and_7_bit_weights(int8_export):
+    """The CPU scheme (no int16 saturation in x86's u8 x s8 multiply): not TensorRT's symmetric form."""
+    out, _, _ = int8_export
+    model = onnx.load(str(out / "unet.int8-cpu.onnx"))
+    graph, inits, _ = _qdq_facts(model)
+    weights, activations = [], []
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear":
+            (weights if node.input[0] in inits else activations).append(node)
+    assert weights and activations
+    for dq in weights:
+        values = numpy_helper.to_array(inits[dq.input[0]])
+        assert values.dtype == np.int8 and values.min() >= -64 and values.max() <= 64
+        assert not numpy_helper.to_array(inits[dq.input[2]]).any()
+    zero_points = [numpy_helper.to_array(inits[dq.input[2]]) for dq in activations]
+    assert all(z.dtype == np.uint8 for z in zero_points)
+    assert any(z != 0 for z in zero_points)  # asymmetric: the ranges are not centred on 0
+    with pytest.raises(PndmError, match="zero point is not 0"):
+        check_qdq_structure(model, "int8", "tensorrt")
 
 
 def test_manifest_and_verification(int8_export):
@@ -131,6 +152,8 @@ def test_manifest_and_verification(int8_export):
         assert entry.precision == "int8" and entry.kind == "onnx"
         assert entry.quantization["placement"] == placement and entry.quantization["calibrator"] == "minmax"
         assert entry.quantization["kept_float"] == ["conv_in", "conv_out"]
+        assert entry.quantization["activations"] == ("uint8 per tensor, asymmetric" if placement == "cpu"
+                                                     else "int8 per tensor, symmetric")
         stats = manifest.verification[name]
         assert 1e-4 < stats["rel_l2"] < TINY_LIMITS["int8"]  # really quantized, and within the limit
     assert any("int8 tensorrt form: conv_in kept in float (--keep-float)" in line for line in lines)
