@@ -352,7 +352,8 @@ def choose_float_layers(quantizer: Quantizer, placement: str, T: int,
     return kept, {name: reasons[name] for name in kept}, stats
 
 
-def check_qdq_structure(model: onnx.ModelProto, precision: str, placement: str = "tensorrt") -> dict[str, int]:
+def check_qdq_structure(model: onnx.ModelProto, precision: str,
+                        placement: str = "tensorrt") -> dict[str, int]:
     """Raise unless ``model`` is valid Q/DQ in ``placement``'s scheme (:data:`SCHEMES`); return node counts.
 
     Every QuantizeLinear feeds only DequantizeLinear; weights (initializers dequantized for a layer)
@@ -382,8 +383,8 @@ def check_qdq_structure(model: onnx.ModelProto, precision: str, placement: str =
             zero = initializers[node.input[2]]
             if scheme.activations_unsigned and not is_weight:
                 if zero.data_type != TensorProto.UINT8:
-                    raise PndmError(f"{node.name}: activation is {TensorProto.DataType.Name(zero.data_type)}, "
-                                    "not UINT8 (the CPU form's activations)")
+                    found = TensorProto.DataType.Name(zero.data_type)
+                    raise PndmError(f"{node.name}: activation is {found}, not the CPU form's UINT8")
             elif np.any(numpy_helper.to_array(zero).astype(np.float32) != 0):
                 raise PndmError(f"{node.name}: zero point is not 0 (symmetric quantization required)")
         if node.op_type == "QuantizeLinear":
@@ -401,7 +402,8 @@ def check_qdq_structure(model: onnx.ModelProto, precision: str, placement: str =
             raise PndmError(f"{node.name}: weight {weight.name} is {found}, not {wanted_type}")
         values = numpy_helper.to_array(weight)
         if precision == "int8" and (values.min() < -weight_bound or values.max() > weight_bound):
-            raise PndmError(f"{node.name}: int8 weight {weight.name} leaves [-{weight_bound}, {weight_bound}]")
+            raise PndmError(f"{node.name}: int8 weight {weight.name} leaves "
+                            f"[-{weight_bound}, {weight_bound}]")
         scale = numpy_helper.to_array(initializers[node.input[1]])
         layer = next((c for c in consumers.get(node.output[0], []) if c.op_type in LAYER_OPS), None)
         if layer is None:  # the CPU form also quantizes other initializers (per tensor)
