@@ -17,7 +17,8 @@ import math
 import click
 import torch
 
-from pndm.schedules import SCHEDULE_NAMES, make_schedule
+from pndm.schedule_spec import SCHEDULE_NAMES
+from pndm.schedules import make_schedule
 from pndm.solvers import GRIDS, METHODS, make_grid, solve, steps_for_nfe
 from pndm.solvers.testbeds import (
     FiniteDataTestbed,

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pndm.errors import EngineError
+from pndm.errors import EngineError, PndmError
 from pndm.fileio import atomic_write_text, sha256_file
+from pndm.schedule_spec import ScheduleSpec
 
 FORMAT = "pndm-engine/2"
 FORMAT_V1 = "pndm-engine/1"
@@ -35,7 +36,6 @@ ENGINE_KINDS = ("onnx", "aoti", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 SOURCE_KINDS = ("default", "named", "checkpoint", "random", "diffusers", "module")
 PREDICTIONS = ("epsilon", "v_prediction", "sample")
-SCHEDULE_NAMES = ("linear", "quad", "cosine", "custom")
 SUFFIX_KINDS = {".onnx": "onnx", ".pt2": "aoti", ".plan": "tensorrt"}
 KIND_SUFFIXES = {kind: suffix for suffix, kind in SUFFIX_KINDS.items()}
 VERSIONED_PACKAGES = ("torch", "onnx", "onnxruntime", "tensorrt")
@@ -74,10 +74,6 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def _number_or_none(value: Any) -> bool:
-    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
-
-
 def _split(data: Any, where: str, section: str, known: tuple[str, ...]) -> tuple[dict, dict]:
     """(known fields, the rest) of a JSON object; the rest is kept so writers of newer fields round-trip."""
     _require(isinstance(data, dict), where, f"missing or malformed {section!r} section")
@@ -88,41 +84,13 @@ def _with_extra(fields: dict, extra: dict) -> dict:
     return {**{k: v for k, v in fields.items() if v is not None}, **extra}
 
 
-@dataclass
-class ScheduleSpec:
-    """``schedule``: a named schedule over T steps, or ``custom`` with explicit betas."""
-
-    name: str
-    T: int
-    beta_start: float | None = None
-    beta_end: float | None = None
-    betas: list[float] | None = None
-
-    def validate(self, where: str) -> None:
-        _require(self.name in SCHEDULE_NAMES, where,
-                 f"schedule.name must be one of {', '.join(SCHEDULE_NAMES)}")
-        _require(_positive_int(self.T), where, "schedule.T must be a positive integer")
-        _require(_number_or_none(self.beta_start) and _number_or_none(self.beta_end), where,
-                 "schedule.beta_start and beta_end must be numbers or null")
-        custom = self.betas is not None
-        _require(custom == (self.name == "custom"), where,
-                 "schedule.betas is given iff schedule.name is 'custom'")
-        if custom:
-            _require(isinstance(self.betas, list) and len(self.betas) == self.T
-                     and all(_number_or_none(b) and b is not None and 0 < b < 1 for b in self.betas), where,
-                     "schedule.betas must hold T numbers in (0, 1)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "T": self.T, "beta_start": self.beta_start, "beta_end": self.beta_end,
-                "betas": self.betas}
-
-    @classmethod
-    def from_dict(cls, data: Any, where: str) -> ScheduleSpec:
-        known, _ = _split(data, where, "schedule", ("name", "T", "beta_start", "beta_end", "betas"))
-        _require("name" in known and "T" in known, where, "schedule needs name and T")
-        spec = cls(**known)
-        spec.validate(where)
-        return spec
+def _schedule(data: Any, where: str) -> ScheduleSpec:
+    """``schedule``: :class:`pndm.schedule_spec.ScheduleSpec`'s object, with ``name`` and ``T`` required."""
+    _require(isinstance(data, dict) and "name" in data and "T" in data, where, "schedule needs name and T")
+    try:
+        return ScheduleSpec.from_dict(data, "schedule")
+    except PndmError as exc:
+        raise _fail(where, str(exc)) from None
 
 
 @dataclass
@@ -375,7 +343,7 @@ class Manifest:
         return cls(
             model=model,
             image_shape=(image["channels"], image["height"], image["width"]),
-            schedule=ScheduleSpec.from_dict(data.get("schedule"), where),
+            schedule=_schedule(data.get("schedule"), where),
             io=IOSpec.from_dict(data.get("io"), where, model.num_classes),
             batch=BatchSpec.from_dict(data.get("batch"), where),
             engines={name: EngineEntry.from_dict(entry, where, name)

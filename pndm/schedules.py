@@ -12,25 +12,24 @@ a constant per-step decay ``alpha_bar(t) = alpha_bar[j-1] * alpha_j ** (t - j + 
 continuous schedule agrees with the discrete one at every integer index, is monotone, and
 has a closed-form inverse (:meth:`Schedule.t_of_alpha_bar`).
 
-A :class:`ScheduleSpec` describes a schedule in data (the engine manifest's ``schedule`` object):
-a named kind with its beta range, or ``custom`` with explicit betas. :func:`schedule_from_diffusers`
-reads one from a diffusers scheduler config.
+A :class:`pndm.schedule_spec.ScheduleSpec` describes a schedule in data (the engine manifest's
+``schedule`` object): a named kind with its beta range, or ``custom`` with explicit betas;
+:func:`schedule_betas` computes its betas and :func:`schedule_from_diffusers` reads one from a
+diffusers scheduler config.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from pndm.errors import PndmError
+from pndm.schedule_spec import ScheduleSpec
 
-SCHEDULE_NAMES = ("linear", "quad", "cosine")
-SCHEDULE_KINDS = (*SCHEDULE_NAMES, "custom")
-DEFAULT_BETA_RANGE = (1e-4, 0.02)  # DDPM's; what linear/quad mean when no range is given
 # diffusers' beta_schedule names -> ours (DESIGN.md: scaled_linear is DDIM's quad).
 DIFFUSERS_BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "quad", "squaredcos_cap_v2": "cosine"}
 # Scheduler-config fields that change the model's noise levels and that pndm cannot reproduce:
@@ -57,97 +56,15 @@ def _cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Te
     return (1 - f[1:] / f[:-1]).clamp(max=max_beta)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
-class ScheduleSpec:
-    """A noise schedule as data: ``name`` linear | quad | cosine | custom, ``T`` steps.
-
-    linear/quad carry their beta range (``beta_start``/``beta_end``, default DDPM's 1e-4..0.02,
-    always filled in); cosine has none (s = 0.008, betas capped at 0.999); ``custom`` (and only
-    custom) has explicit ``betas``, one per step, and ``T == len(betas)``.
-    """
-
-    name: str = "linear"
-    T: int | None = None  # None: 1000, or len(betas) for custom
-    beta_start: float | None = None
-    beta_end: float | None = None
-    betas: tuple[float, ...] | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.name not in SCHEDULE_KINDS:
-            raise PndmError(f"unknown schedule {self.name!r}: choose one of {', '.join(SCHEDULE_KINDS)}")
-        if self.name == "custom":
-            if self.betas is None:
-                raise PndmError("a custom schedule needs its betas: pass betas (one per training step)")
-            betas = tuple(float(b) for b in self.betas)
-            if not all(0 < b < 1 for b in betas):
-                raise PndmError("custom betas must all lie in (0, 1): fix the betas list")
-            if self.T not in (len(betas), None):
-                raise PndmError(f"a custom schedule has T = len(betas) = {len(betas)}, not {self.T}: drop T")
-            object.__setattr__(self, "betas", betas)
-            object.__setattr__(self, "T", len(betas))
-            if self.beta_start is not None or self.beta_end is not None:
-                raise PndmError("a custom schedule takes betas, not beta_start/beta_end: drop the range")
-        elif self.betas is not None:
-            raise PndmError(f"explicit betas make a 'custom' schedule, not {self.name!r}: use name='custom'")
-        elif self.T is None:
-            object.__setattr__(self, "T", 1000)
-        if not _is_int(self.T) or self.T < 2:
-            raise PndmError(f"the number of diffusion steps T must be an integer >= 2, got {self.T!r}")
-        if self.name == "cosine" and (self.beta_start is not None or self.beta_end is not None):
-            raise PndmError("the cosine schedule has no beta range: drop beta_start/beta_end")
-        if self.name in ("linear", "quad"):
-            start = DEFAULT_BETA_RANGE[0] if self.beta_start is None else float(self.beta_start)
-            end = DEFAULT_BETA_RANGE[1] if self.beta_end is None else float(self.beta_end)
-            if not 0 < start <= end < 1:
-                raise PndmError(f"beta range {start:g}..{end:g} is invalid: "
-                                "need 0 < beta_start <= beta_end < 1")
-            object.__setattr__(self, "beta_start", start)
-            object.__setattr__(self, "beta_end", end)
-
-    def make_betas(self) -> torch.Tensor:
-        """The T betas (float64)."""
-        if self.name == "linear":
-            return _linear_betas(self.T, self.beta_start, self.beta_end)
-        if self.name == "quad":
-            return _quad_betas(self.T, self.beta_start, self.beta_end)
-        if self.name == "cosine":
-            return _cosine_betas(self.T)
-        return torch.tensor(self.betas, dtype=torch.float64)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The manifest's ``schedule`` object (COORDINATION.md shared decision 1)."""
-        return {"name": self.name, "T": self.T, "beta_start": self.beta_start, "beta_end": self.beta_end,
-                "betas": list(self.betas) if self.betas is not None else None}
-
-    @classmethod
-    def from_dict(cls, data: Any, what: str = "schedule") -> ScheduleSpec:
-        """Read a manifest ``schedule`` object (``pndm-engine/1``'s {name, T} too)."""
-        if not isinstance(data, dict):
-            raise PndmError(f"{what}: a schedule must be an object with 'name' and 'T'")
-        unknown = sorted(set(data) - {"name", "T", "beta_start", "beta_end", "betas"})
-        if unknown:
-            raise PndmError(f"{what}: unknown schedule field {unknown[0]!r}; "
-                            "fields: name, T, beta_start, beta_end, betas")
-        betas = data.get("betas")
-        name = data.get("name", "custom" if betas is not None else "linear")
-        try:
-            return cls(name=name, T=data.get("T"), beta_start=data.get("beta_start"),
-                       beta_end=data.get("beta_end"), betas=tuple(betas) if betas is not None else None)
-        except PndmError as exc:
-            raise PndmError(f"{what}: {exc}") from None
-        except (TypeError, ValueError):
-            raise PndmError(f"{what}: schedule fields have the wrong types; T is an integer, betas "
-                            "numbers") from None
-
-    def describe(self) -> str:
-        """In words, e.g. ``linear 0.0001..0.02, T=1000``."""
-        if self.name in ("linear", "quad"):
-            return f"{self.name} {self.beta_start:g}..{self.beta_end:g}, T={self.T}"
-        return f"{self.name}, T={self.T}"
+def schedule_betas(spec: ScheduleSpec) -> torch.Tensor:
+    """The T betas of ``spec`` (float64)."""
+    if spec.name == "linear":
+        return _linear_betas(spec.T, spec.beta_start, spec.beta_end)
+    if spec.name == "quad":
+        return _quad_betas(spec.T, spec.beta_start, spec.beta_end)
+    if spec.name == "cosine":
+        return _cosine_betas(spec.T)
+    return torch.tensor(spec.betas, dtype=torch.float64)
 
 
 def schedule_from_diffusers(config: dict[str, Any], what: str = "scheduler config") -> ScheduleSpec:
@@ -291,6 +208,6 @@ def make_schedule(name: str | ScheduleSpec = "linear", T: int = 1000, *, beta_st
     else:
         spec = ScheduleSpec(name, None if betas is not None else T, beta_start, beta_end,
                             tuple(betas) if betas is not None else None)
-    betas_t = spec.make_betas()
+    betas_t = schedule_betas(spec)
     return Schedule(name=spec.name, T=spec.T, betas=betas_t, alphas_cumprod=torch.cumprod(1 - betas_t, dim=0),
                     spec=spec)

@@ -51,8 +51,8 @@ def test_round_trip_and_contract_fields(tmp_path):
     assert read_manifest(tmp_path / "unet.onnx").format == FORMAT  # the engine file need not exist
     data = json.loads(path.read_text())
     assert data["format"] == "pndm-engine/2"
-    assert data["schedule"] == {"name": "linear", "T": 1000, "beta_start": None, "beta_end": None,
-                                "betas": None}
+    assert data["schedule"] == {"name": "linear", "T": 1000, "beta_start": 1e-4, "beta_end": 0.02,
+                                "betas": None}  # a named range is written out, not left implicit
     assert data["model"]["prediction"] == "epsilon" and data["model"]["num_classes"] is None
     assert data["io"] == {
         "inputs": [{"name": "x", "dtype": "float32", "shape": ["batch", 3, 32, 32]},
@@ -95,9 +95,12 @@ def test_unknown_fields_round_trip():
     (lambda m: m.pop("io"), "missing or malformed 'io' section"),
     (lambda m: m["batch"].update(min=8), "batch must hold 1 <= min <= opt <= max"),
     (lambda m: m["image"].update(height=0), "image.height must be a positive integer"),
-    (lambda m: m["schedule"].update(T="1000"), "schedule.T must be a positive integer"),
-    (lambda m: m["schedule"].update(name="custom"), "schedule.betas is given iff"),
-    (lambda m: m["schedule"].update(name="custom", T=2, betas=[0.1, 2.0]), "schedule.betas must hold T"),
+    (lambda m: m.pop("schedule"), "schedule needs name and T"),
+    (lambda m: m["schedule"].update(T="1000"), "schedule: the number of diffusion steps T must be"),
+    (lambda m: m["schedule"].update(name="custom"), "schedule: a custom schedule needs its betas"),
+    (lambda m: m["schedule"].update(name="custom", T=2, betas=[0.1, 2.0]), r"betas must all lie in \(0, 1\)"),
+    (lambda m: m["schedule"].update(name="custom", T=3, betas=[0.1, 0.2]), "a custom schedule has T = len"),
+    (lambda m: m["schedule"].update(name="sigmoid"), "unknown schedule 'sigmoid'"),
     (lambda m: m["io"]["inputs"].reverse(), r"io.inputs must be named \['x', 't'\]"),
     (lambda m: m["model"]["source"].update(kind="url"), "model.source.kind must be one of"),
     (lambda m: m["model"].update(prediction="x0"), "model.prediction must be one of"),

@@ -10,7 +10,6 @@ import torch
 from diffusers_fixtures import diffusers_unet, save_pipeline, scheduler_kwargs
 
 from pndm.engine_format import BatchSpec, Manifest, ModelInfo, Source
-from pndm.engine_format import ScheduleSpec as ManifestSchedule
 from pndm.errors import EngineError, PndmError
 from pndm.models import load
 from pndm.prediction import to_eps
@@ -49,7 +48,7 @@ def _manifest(spec):
     model = ModelInfo(spec.architecture, spec.config, Source.from_dict(spec.manifest_source(), "spec"),
                       spec.prediction, spec.num_classes)
     return Manifest.new(model=model, image_shape=spec.image_shape,
-                        schedule=ManifestSchedule.from_dict(spec.schedule_spec.to_dict(), "spec"),
+                        schedule=spec.schedule_spec,
                         batch=BatchSpec(1, 2, 4))
 
 

@@ -35,7 +35,6 @@ from pndm.engine_format import (
     EngineEntry,
     Manifest,
     ModelInfo,
-    ScheduleSpec,
     Source,
     engine_file_name,
     merge,
@@ -230,7 +229,7 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
                             source=Source.from_dict(spec.manifest_source(), "model spec"),
                             prediction=spec.prediction, num_classes=spec.num_classes),
             image_shape=image_shape,
-            schedule=ScheduleSpec.from_dict(spec.schedule_spec.to_dict(), "model spec"),
+            schedule=spec.schedule_spec,
             batch=BatchSpec(**options.batch.to_dict()))
         model = model.float().eval()
         calls = ModelCalls(model, spec, options.calibration_count)

@@ -17,7 +17,7 @@ import click
 
 from pndm.errors import PndmError
 from pndm.prediction import PREDICTIONS
-from pndm.schedules import SCHEDULE_KINDS, ScheduleSpec
+from pndm.schedule_spec import SCHEDULE_KINDS, ScheduleSpec
 
 
 def read_betas(path: str | Path) -> tuple[float, ...]:

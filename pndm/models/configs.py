@@ -28,7 +28,8 @@ from pndm.errors import PndmError
 from pndm.models.ddpm_unet import DDPMUNetConfig
 from pndm.models.iddpm_unet import IDDPMUNetConfig
 from pndm.prediction import check_prediction
-from pndm.schedules import DIFFUSERS_BETA_SCHEDULES, SCHEDULE_NAMES, ScheduleSpec
+from pndm.schedule_spec import SCHEDULE_NAMES, ScheduleSpec
+from pndm.schedules import DIFFUSERS_BETA_SCHEDULES
 from pndm.validate import check_dataclass_values
 
 # The `model:` sections of ermongroup/ddim configs/{cifar10,celeba,church,bedroom}.yml (the

@@ -27,7 +27,6 @@ from pndm.engine_format import (
     Manifest,
     check_engine_file,
     kind_of,
-    manifest_path,
     read_manifest,
 )
 from pndm.errors import EngineError
@@ -57,8 +56,6 @@ def engine_info(engine_path: Path, manifest: Manifest) -> EngineInfo:
 
     Refuses files the manifest does not list, of another kind, or whose SHA-256 differs.
     """
-    from pndm.schedules import ScheduleSpec
-
     entry = check_engine_file(engine_path, manifest)
     return EngineInfo(
         path=str(engine_path),
@@ -70,7 +67,7 @@ def engine_info(engine_path: Path, manifest: Manifest) -> EngineInfo:
         io=manifest.io,
         manifest=manifest,
         sha256=entry.sha256,
-        schedule=ScheduleSpec.from_dict(manifest.schedule.to_dict(), str(manifest_path(engine_path))),
+        schedule=manifest.schedule,
         prediction=manifest.model.prediction,
     )
 

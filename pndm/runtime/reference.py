@@ -38,10 +38,7 @@ def _check_files(source: Source) -> None:
 
 def _overrides(manifest: Manifest) -> dict:
     """The schedule and prediction the engine was exported with, for :func:`pndm.models.load`."""
-    from pndm.schedules import ScheduleSpec
-
-    schedule = ScheduleSpec.from_dict(manifest.schedule.to_dict(), "manifest schedule")
-    return {"schedule": schedule, "prediction": manifest.model.prediction}
+    return {"schedule": manifest.schedule, "prediction": manifest.model.prediction}
 
 
 def _module_reference(manifest: Manifest, device) -> Engine:
