@@ -69,8 +69,9 @@ def load_source(model: str | None, checkpoint: str | None, random_init: bool, tr
                    "float instead of the automatic choice by measured sensitivity.")
 @click.option("--int8-form", "int8_form", type=click.Choice(["both", "tensorrt", "cpu"]), default="both",
               show_default=True,
-              help="int8: which Q/DQ placements to write: tensorrt (unet.int8.onnx), cpu "
-                   "(unet.int8-cpu.onnx) or both.")
+              help="int8: which Q/DQ placements to write: tensorrt (unet.int8.onnx: symmetric int8, "
+                   "for TensorRT), cpu (unet.int8-cpu.onnx: uint8 activations and 7-bit weights, for "
+                   "ONNX Runtime on CPUs) or both.")
 @click.option("--pt2-device", "pt2_device", type=click.Choice(["cpu", "cuda"]), default="cpu",
               show_default=True,
               help="Device the AOTInductor package is compiled for. cpu: unet.bf16.pt2 with --precision "
