@@ -159,7 +159,7 @@ def aoti_runner(data: bytes, source_sha256: str, device):
     Known defect (H100, torch 2.11, docs/BENCHMARKS.md "GPU"): a CUDA package loaded in a fresh
     process segfaulted inside torch's loader (also through ``torch._inductor.aoti_load_package``, and
     after cuBLAS/cuDNN work); it loaded in the process that compiled it and in one that had run
-    diffusers pipelines first.
+    diffusers pipelines first. ``bench/pt2_load_probe.py`` tells on a GPU which preparation avoids it.
     """
     import io
     import zipfile

@@ -1,0 +1,45 @@
+"""bench/pt2_load_probe.py: the CUDA package loading diagnosis, up to what runs without a GPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+import subprocess
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "pt2_load_probe.py"
+
+
+def _probe_module():
+    spec = importlib.util.spec_from_file_location("pt2_load_probe", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_file_without_a_manifest_is_one_line(tmp_path, capsys):
+    (tmp_path / "unet.fp16.cuda.pt2").write_bytes(b"not a package")
+    assert _probe_module().main([str(tmp_path / "unet.fp16.cuda.pt2")]) == 2
+    err = capsys.readouterr().err
+    assert "no package with a manifest.json beside it" in err and err.count("\n") == 1
+
+
+def test_each_outcome_is_named(monkeypatch, tmp_path):
+    """A crashed variant reads 'segfault', a failed one its last error line, a hung one 'timeout'."""
+    probe = _probe_module()
+    outcomes = iter([
+        subprocess.CompletedProcess([], -signal.SIGSEGV, "", ""),
+        subprocess.CompletedProcess([], 1, "", "Traceback ...\nRuntimeError: no kernel image\n"),
+        subprocess.CompletedProcess([], 0, "ok\n", ""),
+    ])
+
+    def fake_run(*args, **kwargs):
+        if kwargs.get("timeout") == 0.5:
+            raise subprocess.TimeoutExpired("python", 0.5)
+        return next(outcomes)
+
+    monkeypatch.setattr(probe.subprocess, "run", fake_run)
+    results = [probe.probe(tmp_path / "p.pt2", "cuda", "", "call = None", 10) for _ in range(3)]
+    assert results == ["segfault", "RuntimeError: no kernel image", "ok"]
+    assert probe.probe(tmp_path / "p.pt2", "cuda", "", "call = None", 0.5) == "timeout"
+    assert probe.probe(tmp_path / "p.pt2", "cpu", probe.PREPARE["cuda context first"], "", 10) == "n/a (cpu)"
