@@ -57,10 +57,10 @@ def test_export_check_and_sample(tmp_path, kind):
     native = {"v_prediction": "v_prediction", "sample": "sample", "edm_module": "sample"}
     assert manifest["model"]["prediction"] == native.get(kind, "epsilon")
     labels = ["--class-label", "3"] if kind == "class_conditional" else []
-    for engine in ("unet.onnx", "unet.fp16.onnx"):
-        checked = run("pndm-run", "check", "--engine", str(out / engine), "--method", "ddim",
-                      "--steps", "5", "-n", "2", "--batch", "2", "--no-progress", *labels)
-        assert checked.returncode == 0 and "PASS" in checked.stdout, checked.stdout[-3000:] + checked.stderr
+    # The fp32 graph is verified above (1e-5 of PyTorch); the checker runs on the fp16 one, the harder case.
+    checked = run("pndm-run", "check", "--engine", str(out / "unet.fp16.onnx"), "--method", "ddim",
+                  "--steps", "5", "-n", "2", "--batch", "2", "--no-progress", *labels)
+    assert checked.returncode == 0 and "PASS" in checked.stdout, checked.stdout[-3000:] + checked.stderr
     sampled = run("pndm-run", "sample", "--engine", str(out), "--method", "ddim", "--steps", "5",
                   "-n", "2", "--batch", "2", "--out", str(tmp_path / "samples"), "--no-progress", *labels)
     assert sampled.returncode == 0, sampled.stderr[-2000:]
