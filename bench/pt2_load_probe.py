@@ -19,10 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-# variant -> (code run before loading, how the package is loaded)
-PREPARE = {
+PREPARE = {  # code run before loading
     "plain": "",
     "cuda context first": "torch.cuda.init(); torch.cuda.set_device(0)\n"
                           "torch.zeros(1, device='cuda').sum().item()",

@@ -47,9 +47,11 @@ class ModelCalls:
     def eps_through(self, native: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         """eps(x_t, t) of another ``native(x, t, class_labels)`` of this model (an exported graph), with
         this model's prediction type, schedule and class of each row."""
+        converted = as_eps(native, self.spec.prediction, self.schedule)
+
         def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             labels = None if self.num_classes is None else torch.arange(x.shape[0]) % self.num_classes
-            return as_eps(native, self.spec.prediction, self.schedule)(x, t, labels)
+            return converted(x, t, labels)
 
         return eps
 

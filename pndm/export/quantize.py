@@ -16,9 +16,9 @@ the Q/DQ nodes are written, each with its own scheme (:data:`SCHEMES`):
   than fp32 there). Its activations are *uint8 with a zero point* and its weights int8 in 7 bits
   ([-64, 64], ``reduce_range``): x86 CPUs without VNNI multiply u8 x s8 with ``vpmaddubsw``, whose
   int16 pair sums saturate with full 8-bit weights (2 x 255 x 64 = 32640 fits int16; 2 x 255 x 127
-  does not). Measured on the CIFAR-10 UNet (AVX2, batch 8, 2
-  threads, same calibration): rel L2 to fp32 0.22 with symmetric int8 activations, 0.14 with uint8,
-  0.049 with uint8 and 7-bit weights, which also ran 1.1-1.2x faster than symmetric int8. Quantizing
+  does not). Measured on the CIFAR-10 UNet (AVX2, batch 8, 2 threads, same calibration): rel L2 to
+  fp32 0.22 with symmetric int8 activations, 0.14 with uint8, 0.049 with uint8 and 7-bit weights,
+  which also ran 1.1-1.2x faster than symmetric int8. Quantizing
   every op ORT can (its default: Add, Mul, Reshape, ...) measured 3x the eps error on the default
   model and was not faster there.
 
@@ -60,7 +60,6 @@ QUANT_DTYPES = {"int8": TensorProto.INT8, "fp8": TensorProto.FLOAT8E4M3FN}
 SENSITIVITY_PAIRS = 4  # calibration pairs (spread over t) each sensitivity probe is evaluated on
 MAX_FLOAT_FRACTION = 0.5  # the policy gives up (one-line error) beyond this share of float layers
 MIN_GAIN = 0.1  # an addition of float layers that lowers the error by less than this share: measure again
-
 
 
 @dataclass(frozen=True)
