@@ -80,11 +80,18 @@ def run_tests(out: Path) -> dict:
     return counts
 
 
-def build_engines(out: Path, precisions: list[str], batch_max: int, env: dict) -> dict[str, Path]:
-    """``pndm-export build ... --pt2-device cuda`` per precision; {precision: unet.<p>.cuda.pt2}."""
+def build_engines(out: Path, precisions: list[str], batch_max: int, env: dict,
+                  reuse: bool = False) -> dict[str, Path]:
+    """``pndm-export build ... --pt2-device cuda`` per precision; {precision: unet.<p>.cuda.pt2}.
+    ``reuse``: keep a package an earlier run left in ``out`` (with its manifest) instead of rebuilding."""
     engines = {}
     for precision in precisions:
         folder = out / f"engines-{precision}"
+        package = folder / f"unet.{precision}.cuda.pt2"
+        if reuse and package.is_file() and (folder / "manifest.json").is_file():
+            say(f"reusing {package}")
+            engines[precision] = package
+            continue
         cmd = [str(BIN / "pndm-export"), "build", "--model", "cifar10", "--random-init", "--precision",
                precision, "--pt2-device", "cuda", "--trt", "off", "--batch", f"1:4:{batch_max}",
                "--calibration-steps", "4", "--calibration-count", "1", "--out", str(folder)]
@@ -92,7 +99,7 @@ def build_engines(out: Path, precisions: list[str], batch_max: int, env: dict) -
         started = time.perf_counter()
         subprocess.run(cmd, check=True, env=env)
         say(f"built in {time.perf_counter() - started:.0f} s")
-        engines[precision] = folder / f"unet.{precision}.cuda.pt2"
+        engines[precision] = package
     return engines
 
 
@@ -177,13 +184,23 @@ def command_timings(args, engine: Path, unet_dir: Path | None, out: Path, env: d
     nums = [int(n) for n in args.command_images.split(",")]
     cases = [(name, num) for num in nums for name in runners]
     results = {case: [] for case in cases}
+    failed = {}  # (name, num): the failing command's last error line; it is not run again
     for round_index in range(args.rounds + 1):  # round 0: the cold run (empty engine cache), not counted
         for index, (name, num) in enumerate(cases):
+            if (name, num) in failed:
+                continue
             folder = out / "commands" / f"round{round_index}-case{index}"
-            results[(name, num)].append(run_once(runners[name](num, folder), folder, env))
+            try:
+                results[(name, num)].append(run_once(runners[name](num, folder), folder, env))
+            except RuntimeError as e:
+                failed[(name, num)] = error = str(e).strip().splitlines()[-1][:200]
+                say(f"{name}, {num} images failed: {error}")
         say(f"whole commands: round {round_index}/{args.rounds} done")
-    rows = []
+    rows = [{"runner": name, "batch": num, "nfe": nfe, "error": error}
+            for (name, num), error in failed.items()]
     for (name, num), runs in results.items():
+        if (name, num) in failed:
+            continue
         walls = [r["wall"] for r in runs[1:]]
         median = statistics.median(walls)
         rows.append({
@@ -202,8 +219,12 @@ def table(rows: list[dict], base_prefix: str, count: str) -> list[str]:
         f"| runner | {count} | NFE | median s | min-max s | images/s | TFLOP/s | vs diffusers fp32 |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    base = {r["batch"]: r["median_s"] for r in rows if r["runner"].startswith(base_prefix)}
-    for r in sorted(rows, key=lambda r: (r["batch"], -r["median_s"])):
+    base = {r["batch"]: r["median_s"] for r in rows
+            if r["runner"].startswith(base_prefix) and "error" not in r}
+    for r in sorted(rows, key=lambda r: (r["batch"], -r.get("median_s", float("inf")))):
+        if "error" in r:
+            lines.append(f"| {r['runner']} | {r['batch']} | {r['nfe']} | failed: {r['error']} | | | | |")
+            continue
         ratio = f"{base[r['batch']] / r['median_s']:.2f}x" if r["batch"] in base else "-"
         tflops = GFLOP_PER_IMAGE_NFE * r["batch"] * r["nfe"] / r["median_s"] / 1e3
         lines.append(
@@ -229,7 +250,7 @@ def markdown(found: dict, tests: dict, rows: list[dict], commands: list[dict] | 
         lines += ["", "Whole commands from the shell (import, load, sample, write PNGs; after one cold run):",
                   "",
                   *table(commands, "diffusers PNDMPipeline script, fp32", "images"), ""]
-        for r in commands:
+        for r in (r for r in commands if "error" not in r):
             phases = ", ".join(f"{k} {v:.2f}" for k, v in r["phases"].items())
             lines.append(f"- {r['runner']}, {r['batch']} images: cold {r['cold_s']:.2f} s; "
                          f"phases (s): {phases}")
@@ -256,6 +277,8 @@ def main(argv=None) -> int:
                         help="timed whole-command rounds after a cold one (default 3)")
     parser.add_argument("--command-images", default="4,64", help="whole-command image counts (default 4,64)")
     parser.add_argument("--no-tests", action="store_true", help="skip the pytest run")
+    parser.add_argument("--reuse-engines", action="store_true",
+                        help="use the packages an earlier run built in --out instead of exporting again")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     found = preflight()
@@ -275,7 +298,7 @@ def main(argv=None) -> int:
     os.environ["PNDM_CACHE_DIR"] = str((args.out / "cache").absolute())
     env = dict(os.environ)
     batches = [int(b) for b in args.batches.split(",")] + [int(n) for n in args.command_images.split(",")]
-    engines = build_engines(args.out, args.precisions.split(","), max(batches), env)
+    engines = build_engines(args.out, args.precisions.split(","), max(batches), env, args.reuse_engines)
     unet_dir = save_cifar10_unet(args.out / "diffusers-unet") if found["diffusers"] else None
     if unet_dir is None:
         say("diffusers is not installed: no diffusers baseline (carry its wheel, or pip install diffusers)")

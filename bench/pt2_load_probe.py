@@ -3,43 +3,70 @@
 On an H100 with torch 2.11 a CUDA package built by ``pndm-export build --pt2-device cuda`` segfaulted
 while loading in a fresh process, yet loaded in the process that compiled it (docs/BENCHMARKS.md,
 "GPU"). This script loads the package once per variant, each in its own fresh interpreter, runs one
-call at the package's smallest batch, and prints a table: ``ok``, ``segfault`` or the error's last
-line. One device call answers which preparation (if any) the runtime needs:
+call at the package's smallest batch, and prints a table: ``ok``, or ``segfault`` / ``timeout`` /
+the error's last line with the stage it happened in (loading, or the first call). One device call
+answers which preparation (if any) the runtime needs:
 
-    python3 bench/pt2_load_probe.py build/gpu-check/engines/unet.fp16.cuda.pt2
+    python3 bench/pt2_load_probe.py build/gpu-check/engines-fp16/unet.fp16.cuda.pt2 --backtrace
 
-``--device cpu`` probes a CPU package the same way (what the tests run).
+Before the table it lists the shared libraries the package's library cannot find (``ldd``); with
+``--backtrace`` and gdb on the PATH, the first crashing variant is run again under gdb and its native
+stack printed. ``--device cpu`` probes a CPU package the same way (what the tests run).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 PREPARE = {  # code run before loading
     "plain": "",
     "cuda context first": "torch.cuda.init(); torch.cuda.set_device(0)\n"
                           "torch.zeros(1, device='cuda').sum().item()",
+    "cuBLAS and cuDNN work first": "a = torch.randn(1, 1, 64, 64, device='cuda'); (a @ a).sum().item()\n"
+                                   "torch.nn.functional.conv2d(a, a[..., :3, :3]).sum().item()",
     "inductor imported first": "import torch._inductor",
     "triton imported first": "import triton, triton.language",
+    "inductor, triton and a CUDA context first": "import torch._inductor, triton\n"
+                                                 "torch.zeros(1, device='cuda').sum().item()",
+    "diffusers imported first": "import diffusers",
 }
 PACKAGE_LOADER = "loader = torch._C._aoti.AOTIModelPackageLoader(path, 'model', True, 1, {index})\n" \
                  "call = lambda x, t: loader.run([x, t])[0]"
+EXTRACTED_RUNNER = """
+import tempfile, zipfile
+folder = pathlib.Path(tempfile.mkdtemp(prefix='pt2-probe-'))
+zipfile.ZipFile(path).extractall(folder)
+(library,) = [p for p in folder.rglob('data/aotinductor/model/*.so')]
+runner = (torch._C._aoti.AOTIModelContainerRunnerCuda(str(library), 1, 'cuda:0', str(library.parent))
+          if device == 'cuda' else torch._C._aoti.AOTIModelContainerRunnerCpu(str(library), 1))
+call = lambda x, t: runner.run([x, t])[0]
+"""
 LOADERS = {  # each defines call(x, t) -> output
     "pndm's loader, device index -1": PACKAGE_LOADER.format(index=-1),
     "pndm's loader, device index 0": PACKAGE_LOADER.format(index=0),
     "torch._inductor.aoti_load_package": "import torch._inductor\n"
                                          "model = torch._inductor.aoti_load_package(path)\n"
                                          "call = lambda x, t: model(x, t)",
+    "torch's runner on the extracted files": EXTRACTED_RUNNER,
 }
+# (preparation, loader): every loader plainly, then every preparation with pndm's loader (index 0)
+VARIANTS = [("plain", name) for name in LOADERS] + [
+    (name, "pndm's loader, device index 0") for name in PREPARE if name != "plain"]
 RUN = """
 import json, pathlib, sys, torch
 path, device = sys.argv[1], sys.argv[2]
 {prepare}
 {load}
+print('loaded', flush=True)
 manifest = json.loads((pathlib.Path(path).parent / 'manifest.json').read_text())
 image = manifest['image']
 x = torch.randn(manifest['batch']['min'], image['channels'], image['height'], image['width'], device=device)
@@ -49,22 +76,71 @@ print('ok')
 """
 
 
-def probe(package: Path, device: str, prepare: str, load: str, timeout: float) -> str:
-    """``ok``, ``segfault``, ``timeout`` or the last line of the error, from a fresh interpreter."""
-    if device == "cpu" and "cuda" in prepare:
-        return "n/a (cpu)"
-    code = RUN.format(prepare=prepare, load=load)
+def applies(device: str, prepare_name: str, load_name: str) -> bool:
+    """CUDA preparations and the device-index-0 loader mean nothing for a CPU package."""
+    return device == "cuda" or not ("cuda" in PREPARE[prepare_name].lower() or "index 0" in load_name)
+
+
+def code(prepare_name: str, load_name: str) -> str:
+    return RUN.format(prepare=PREPARE[prepare_name], load=LOADERS[load_name])
+
+
+def probe(package: Path, device: str, prepare_name: str, load_name: str, timeout: float) -> str:
+    """``ok``, or ``segfault`` / ``timeout`` / the error's last line and the stage (``while loading`` or
+    ``in the first call``), from a fresh interpreter."""
     try:
-        done = subprocess.run([sys.executable, "-c", code, str(package), device], capture_output=True,
-                              text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return "timeout"
-    if done.returncode == -signal.SIGSEGV:
-        return "segfault"
-    if done.returncode != 0:
+        done = subprocess.run([sys.executable, "-c", code(prepare_name, load_name), str(package), device],
+                              capture_output=True, text=True, timeout=timeout)
+        stdout, outcome = done.stdout, None
+    except subprocess.TimeoutExpired as e:
+        stdout, outcome = e.stdout or "", "timeout"
+        stdout = stdout.decode() if isinstance(stdout, bytes) else stdout
+    if outcome is None and done.returncode == 0:
+        return stdout.strip().splitlines()[-1]
+    if outcome is None and done.returncode == -signal.SIGSEGV:
+        outcome = "segfault"
+    elif outcome is None:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        return (lines[-1] if lines else f"exit {done.returncode}")[:120]
-    return done.stdout.strip().splitlines()[-1]
+        outcome = (lines[-1] if lines else f"exit {done.returncode}")[:120]
+    stage = "in the first call" if "loaded" in stdout.split() else "while loading"
+    return f"{outcome} {stage}"
+
+
+def missing_libraries(package: Path) -> list[str]:
+    """``ldd``'s 'not found' lines for the package's shared libraries, torch's own library folder on
+    the search path as it is once torch is imported ([] without ldd)."""
+    if shutil.which("ldd") is None:
+        return []
+    (torch_folder,) = importlib.util.find_spec("torch").submodule_search_locations
+    env = {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(
+        filter(None, [str(Path(torch_folder) / "lib"), os.environ.get("LD_LIBRARY_PATH")]))}
+    with tempfile.TemporaryDirectory() as folder:
+        with zipfile.ZipFile(package) as archive:
+            libraries = [name for name in archive.namelist() if name.endswith(".so")]
+            archive.extractall(folder, members=libraries)
+        found = []
+        for name in libraries:
+            listing = subprocess.run(["ldd", str(Path(folder) / name)], capture_output=True, text=True,
+                                     env=env).stdout
+            found += [f"{Path(name).name}: {line.strip()}"
+                      for line in listing.splitlines() if "not found" in line]
+    return found
+
+
+def backtrace(package: Path, device: str, prepare_name: str, load_name: str, timeout: float) -> str:
+    """The native stack of a crashing variant, run again under gdb."""
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as script:
+        script.write(code(prepare_name, load_name))
+    try:
+        done = subprocess.run(["gdb", "-batch", "-ex", "run", "-ex", "bt 30", "--args", sys.executable,
+                               script.name, str(package), device], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "gdb timed out"
+    finally:
+        Path(script.name).unlink()
+    frames = [line[:220] for line in done.stdout.splitlines() if line.startswith("#") or "SIGSEGV" in line]
+    return "\n".join(frames) or done.stdout[-3000:]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,17 +148,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("package", type=Path, help="a .pt2 from pndm-export (manifest.json beside it)")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="the package's device")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per variant (default 300)")
+    parser.add_argument("--backtrace", action="store_true",
+                        help="run the first crashing variant again under gdb, if gdb is on the PATH")
     args = parser.parse_args(argv)
     if not args.package.is_file() or not (args.package.parent / "manifest.json").is_file():
         print(f"pt2_load_probe: {args.package} is no package with a manifest.json beside it", file=sys.stderr)
         return 2
+    package = args.package.resolve()
+    for line in missing_libraries(package):
+        print(f"ldd: {line}")
     print(f"| variant ({args.package.name}, fresh process each) | result |\n|---|---|")
-    for prepare_name, prepare in PREPARE.items():
-        for load_name, load in LOADERS.items():
-            if args.device == "cpu" and "index 0" in load_name:
-                continue
-            result = probe(args.package.resolve(), args.device, prepare, load, args.timeout)
-            print(f"| {prepare_name}, {load_name} | {result} |", flush=True)
+    crashed = None
+    for prepare_name, load_name in VARIANTS:
+        result = (probe(package, args.device, prepare_name, load_name, args.timeout)
+                  if applies(args.device, prepare_name, load_name) else f"n/a ({args.device})")
+        print(f"| {prepare_name}, {load_name} | {result} |", flush=True)
+        crashed = crashed or (result.startswith("segfault") and (prepare_name, load_name))
+    if args.backtrace and crashed and shutil.which("gdb"):
+        print(f"\ngdb, {', '.join(crashed)}:\n{backtrace(package, args.device, *crashed, args.timeout)}")
+    elif args.backtrace and crashed:
+        print("\nno gdb on the PATH: no native stack")
     return 0
 
 

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -51,3 +52,37 @@ def test_markdown_table_compares_with_diffusers_fp32():
     assert loop_part.rstrip().endswith("| 4.00x |")
     assert "| pndm-run sample, .pt2 fp16 + whole-loop CUDA graph | 4 | 29 | 1.500 |" in command_part
     assert "| 2.00x |" in command_part and "cold 9.00 s; phases (s): import 0.50" in command_part
+
+
+def test_a_failed_command_is_a_row_that_says_so(monkeypatch, tmp_path):
+    """A whole command that crashes is reported in its row and not run again; the others are timed."""
+    gpu_check = _gpu_check()
+    calls = []
+
+    def fake_run_once(argv, folder, env):
+        calls.append(argv[0])
+        if argv[0].endswith("pndm-run"):
+            raise RuntimeError("['pndm-run', 'sample'] failed: Segmentation fault")
+        return {"wall": 2.0, "phases": {"import": 1.0}, "cache": []}
+
+    monkeypatch.setattr(gpu_check, "run_once", fake_run_once)
+    args = SimpleNamespace(steps=20, command_images="4", rounds=2)
+    rows = gpu_check.command_timings(args, tmp_path / "unet.fp16.cuda.pt2", tmp_path / "unet", tmp_path, {})
+    assert sum(c.endswith("pndm-run") for c in calls) == 1 and len(calls) == 1 + 2 * 3
+    (failed,) = [r for r in rows if "error" in r]
+    assert failed["error"] == "['pndm-run', 'sample'] failed: Segmentation fault"
+    found = {"cuda": "GPU", "torch": "2", "torch_cuda": "13", "tensorrt": False, "onnxruntime_cuda": False}
+    table = gpu_check.markdown(found, {}, [], rows)
+    assert "| 4 | 29 | failed: ['pndm-run', 'sample'] failed: Segmentation fault |" in table
+    assert "| diffusers PNDMPipeline script, fp16 eager | 4 | 29 | 2.000 |" in table
+
+
+def test_reuse_engines_keeps_a_built_package(tmp_path, monkeypatch):
+    gpu_check = _gpu_check()
+    folder = tmp_path / "engines-fp16"
+    folder.mkdir()
+    (folder / "unet.fp16.cuda.pt2").write_bytes(b"package")
+    (folder / "manifest.json").write_text("{}")
+    monkeypatch.setattr(gpu_check.subprocess, "run", lambda *a, **k: pytest.fail("exported again"))
+    engines = gpu_check.build_engines(tmp_path, ["fp16"], 64, {}, reuse=True)
+    assert engines == {"fp16": folder / "unet.fp16.cuda.pt2"}

@@ -24,22 +24,33 @@ def test_a_file_without_a_manifest_is_one_line(tmp_path, capsys):
     assert "no package with a manifest.json beside it" in err and err.count("\n") == 1
 
 
-def test_each_outcome_is_named(monkeypatch, tmp_path):
-    """A crashed variant reads 'segfault', a failed one its last error line, a hung one 'timeout'."""
+def test_each_outcome_is_named_with_its_stage(monkeypatch, tmp_path):
+    """A crashed variant reads 'segfault', a failed one its last error line, a hung one 'timeout', each
+    with the stage it stopped in; a finished one 'ok'."""
     probe = _probe_module()
     outcomes = iter([
         subprocess.CompletedProcess([], -signal.SIGSEGV, "", ""),
+        subprocess.CompletedProcess([], -signal.SIGSEGV, "loaded\n", ""),
         subprocess.CompletedProcess([], 1, "", "Traceback ...\nRuntimeError: no kernel image\n"),
-        subprocess.CompletedProcess([], 0, "ok\n", ""),
+        subprocess.CompletedProcess([], 0, "loaded\nok\n", ""),
     ])
 
     def fake_run(*args, **kwargs):
         if kwargs.get("timeout") == 0.5:
-            raise subprocess.TimeoutExpired("python", 0.5)
+            raise subprocess.TimeoutExpired("python", 0.5, output=b"loaded\n")
         return next(outcomes)
 
     monkeypatch.setattr(probe.subprocess, "run", fake_run)
-    results = [probe.probe(tmp_path / "p.pt2", "cuda", "", "call = None", 10) for _ in range(3)]
-    assert results == ["segfault", "RuntimeError: no kernel image", "ok"]
-    assert probe.probe(tmp_path / "p.pt2", "cuda", "", "call = None", 0.5) == "timeout"
-    assert probe.probe(tmp_path / "p.pt2", "cpu", probe.PREPARE["cuda context first"], "", 10) == "n/a (cpu)"
+    variant = ("plain", "pndm's loader, device index -1")
+    results = [probe.probe(tmp_path / "p.pt2", "cuda", *variant, 10) for _ in range(4)]
+    assert results == ["segfault while loading", "segfault in the first call",
+                       "RuntimeError: no kernel image while loading", "ok"]
+    assert probe.probe(tmp_path / "p.pt2", "cuda", *variant, 0.5) == "timeout in the first call"
+
+
+def test_cuda_only_variants_do_not_apply_to_a_cpu_package():
+    probe = _probe_module()
+    assert not probe.applies("cpu", "cuda context first", "pndm's loader, device index -1")
+    assert not probe.applies("cpu", "plain", "pndm's loader, device index 0")
+    assert probe.applies("cpu", "plain", "torch's runner on the extracted files")
+    assert all(probe.applies("cuda", *variant) for variant in probe.VARIANTS)
