@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -36,7 +37,9 @@ def run_once(argv: list[str], out: Path, env: dict) -> dict:
     done = subprocess.run(argv, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if done.returncode != 0:
-        raise RuntimeError(f"{argv[:3]} failed: {done.stderr.strip()[-2000:]}")
+        how = (f"signal {signal.Signals(-done.returncode).name}" if done.returncode < 0
+               else f"exit {done.returncode}")
+        raise RuntimeError(f"{argv[:3]} failed ({how}): {done.stderr.strip()[-2000:]}")
     if (out / "run.json").is_file():
         record = json.loads((out / "run.json").read_text())
         phases, cache = record["phases"], [e["status"] for e in record.get("cache", [])]

@@ -193,7 +193,9 @@ def command_timings(args, engine: Path, unet_dir: Path | None, out: Path, env: d
             try:
                 results[(name, num)].append(run_once(runners[name](num, folder), folder, env))
             except RuntimeError as e:
-                failed[(name, num)] = error = str(e).strip().splitlines()[-1][:200]
+                lines = str(e).strip().splitlines()  # the command and how it ended ... the last error line
+                error = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+                failed[(name, num)] = error = error[:300]
                 say(f"{name}, {num} images failed: {error}")
         say(f"whole commands: round {round_index}/{args.rounds} done")
     rows = [{"runner": name, "batch": num, "nfe": nfe, "error": error}

@@ -38,6 +38,11 @@ PREPARE = {  # code run before loading
     "inductor, triton and a CUDA context first": "import torch._inductor, triton\n"
                                                  "torch.zeros(1, device='cuda').sum().item()",
     "diffusers imported first": "import diffusers",
+    # what the processes that loaded the package had done (the export, gpu-check): which part matters
+    "onnxruntime imported first": "import onnxruntime",
+    "onnx imported first": "import onnx",
+    "pndm's export imported first": "import pndm.export.build",
+    "gpu-check's preparation first": "import onnxruntime, diffusers\ntorch.nn.Linear(8, 8).to('cuda')",
 }
 PACKAGE_LOADER = "loader = torch._C._aoti.AOTIModelPackageLoader(path, 'model', True, 1, {index})\n" \
                  "call = lambda x, t: loader.run([x, t])[0]"
@@ -127,20 +132,65 @@ def missing_libraries(package: Path) -> list[str]:
     return found
 
 
-def backtrace(package: Path, device: str, prepare_name: str, load_name: str, timeout: float) -> str:
-    """The native stack of a crashing variant, run again under gdb."""
-    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as script:
-        script.write(code(prepare_name, load_name))
-    try:
-        done = subprocess.run(["gdb", "-batch", "-ex", "run", "-ex", "bt 30", "--args", sys.executable,
-                               script.name, str(package), device], capture_output=True, text=True,
-                              timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return "gdb timed out"
-    finally:
-        Path(script.name).unlink()
-    frames = [line[:220] for line in done.stdout.splitlines() if line.startswith("#") or "SIGSEGV" in line]
-    return "\n".join(frames) or done.stdout[-3000:]
+SEGV_HANDLER = r"""
+#define _GNU_SOURCE
+#include <execinfo.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+static void on_segv(int sig, siginfo_t *info, void *context) {
+  void *frames[64];
+  char line[96];
+  int count = backtrace(frames, 64);
+  int length = snprintf(line, sizeof line, "SIGSEGV at address %p\n", info->si_addr);
+  write(2, line, length);
+  backtrace_symbols_fd(frames, count, 2);
+  _exit(139);
+}
+__attribute__((constructor)) static void install(void) {
+  void *warm[1];
+  backtrace(warm, 1); /* loads libgcc_s now, not inside the handler */
+  struct sigaction action;
+  memset(&action, 0, sizeof action);
+  action.sa_sigaction = on_segv;
+  action.sa_flags = SA_SIGINFO;
+  sigaction(SIGSEGV, &action, NULL);
+}
+"""
+
+
+def backtrace(package: Path, device: str, prepare_name: str, load_name: str, timeout: float,
+              use_gdb: bool = True) -> str:
+    """The native stack of a crashing variant, run again under gdb, or without gdb with a SIGSEGV
+    handler preloaded (compiled with the C compiler AOTInductor needs anyway); then the last lines
+    of the dynamic loader's trace (``LD_DEBUG=files``): which library was loading or initialising."""
+    with tempfile.TemporaryDirectory() as folder:
+        script = Path(folder) / "variant.py"
+        script.write_text(code(prepare_name, load_name))
+        run = [sys.executable, str(script), str(package), device]
+        env, compiler = dict(os.environ), shutil.which("cc") or shutil.which("gcc")
+        if use_gdb and shutil.which("gdb"):
+            run = ["gdb", "-batch", "-ex", "run", "-ex", "bt 30", "--args", *run]
+        elif compiler:
+            (Path(folder) / "segv.c").write_text(SEGV_HANDLER)
+            subprocess.run([compiler, "-shared", "-fPIC", "-o", f"{folder}/segv.so", f"{folder}/segv.c"],
+                           check=True)
+            env["LD_PRELOAD"] = f"{folder}/segv.so"
+        else:
+            return "neither gdb nor a C compiler on the PATH: no native stack"
+        try:
+            done = subprocess.run(run, capture_output=True, text=True, timeout=timeout, env=env)
+            traced = subprocess.run(run[-4:], capture_output=True, text=True, timeout=timeout,
+                                    env={**os.environ, "LD_DEBUG": "files"})
+        except subprocess.TimeoutExpired:
+            return "timed out"
+    output = done.stdout + done.stderr
+    frames = [line[:220] for line in output.splitlines()
+              if line.startswith("#") or "SIGSEGV" in line or "[0x" in line]
+    loader_lines = [line.strip()[:220] for line in traced.stderr.splitlines()
+                    if "file=" in line or "calling init" in line]
+    return "\n".join([*(frames or [output[-3000:]]), "", "LD_DEBUG=files, last lines:", *loader_lines[-8:]])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,7 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="the package's device")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per variant (default 300)")
     parser.add_argument("--backtrace", action="store_true",
-                        help="run the first crashing variant again under gdb, if gdb is on the PATH")
+                        help="run the first crashing variant again for its native stack (gdb, or a SIGSEGV "
+                             "handler compiled with cc) and the dynamic loader's last steps")
+    parser.add_argument("--prepare", action="append", choices=list(PREPARE), metavar="NAME",
+                        help="probe only these preparations (repeatable; default: every variant)")
     args = parser.parse_args(argv)
     if not args.package.is_file() or not (args.package.parent / "manifest.json").is_file():
         print(f"pt2_load_probe: {args.package} is no package with a manifest.json beside it", file=sys.stderr)
@@ -160,14 +213,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| variant ({args.package.name}, fresh process each) | result |\n|---|---|")
     crashed = None
     for prepare_name, load_name in VARIANTS:
+        if args.prepare and prepare_name not in args.prepare:
+            continue
         result = (probe(package, args.device, prepare_name, load_name, args.timeout)
                   if applies(args.device, prepare_name, load_name) else f"n/a ({args.device})")
         print(f"| {prepare_name}, {load_name} | {result} |", flush=True)
         crashed = crashed or (result.startswith("segfault") and (prepare_name, load_name))
-    if args.backtrace and crashed and shutil.which("gdb"):
-        print(f"\ngdb, {', '.join(crashed)}:\n{backtrace(package, args.device, *crashed, args.timeout)}")
-    elif args.backtrace and crashed:
-        print("\nno gdb on the PATH: no native stack")
+    if args.backtrace and crashed:
+        stack = backtrace(package, args.device, *crashed, args.timeout)
+        print(f"\nnative stack, {', '.join(crashed)}:\n{stack}")
     return 0
 
 

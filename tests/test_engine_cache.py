@@ -115,3 +115,35 @@ def test_aoti_package_without_a_single_library_goes_through_a_private_copy(tmp_p
         aoti_runner(buffer.getvalue(), "0" * 64, torch.device("cpu"))
     assert not list(tmp_path.glob("pndm-aoti-*"))
     assert take_cache_events() == []
+
+
+def test_onnxruntime_is_imported_before_a_cuda_package_loads(monkeypatch):
+    """The CUDA package crash workaround (before_cuda_package_load) runs first; CPU loads skip it."""
+    import io
+    import zipfile
+
+    from pndm.runtime import engine_cache
+
+    steps = []
+    monkeypatch.setattr(engine_cache.importlib, "import_module", lambda name: steps.append(f"import {name}"))
+
+    class Loader:
+        def __init__(self, path, model, single_threaded, runners, index):
+            steps.append(f"load on device {index}")
+
+    monkeypatch.setattr(torch._C._aoti, "AOTIModelPackageLoader", Loader)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as package:
+        package.writestr("unet/data/aotinductor/model/a.wrapper.so", b"")
+        package.writestr("unet/data/aotinductor/model/a.cubin", b"")
+    runner, private = engine_cache.aoti_runner(buffer.getvalue(), "0" * 64, torch.device("cuda", 0))
+    shutil.rmtree(private)
+    assert steps == ["import onnxruntime", "load on device 0"]
+    steps.clear()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as package:  # weights apart: the package loader on the CPU too
+        package.writestr("unet/data/aotinductor/model/a.wrapper.so", b"")
+        package.writestr("unet/data/weights/w", b"")
+    runner, private = engine_cache.aoti_runner(buffer.getvalue(), "0" * 64, torch.device("cpu"))
+    shutil.rmtree(private)
+    assert steps == ["load on device -1"]

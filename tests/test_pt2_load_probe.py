@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import signal
 import subprocess
 from pathlib import Path
+
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "pt2_load_probe.py"
 
@@ -54,3 +57,14 @@ def test_cuda_only_variants_do_not_apply_to_a_cpu_package():
     assert not probe.applies("cpu", "plain", "pndm's loader, device index 0")
     assert probe.applies("cpu", "plain", "torch's runner on the extracted files")
     assert all(probe.applies("cuda", *variant) for variant in probe.VARIANTS)
+
+
+@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="needs a C compiler")
+def test_backtrace_without_gdb_prints_the_native_stack(monkeypatch, tmp_path):
+    probe = _probe_module()
+    monkeypatch.setitem(probe.PREPARE, "a crash", "import ctypes; ctypes.string_at(0)")
+    (tmp_path / "manifest.json").write_text("{}")
+    stack = probe.backtrace(tmp_path / "p.pt2", "cpu", "a crash", "pndm's loader, device index -1", 120,
+                            use_gdb=False)
+    assert "SIGSEGV at address (nil)" in stack and "_ctypes" in stack
+    assert "LD_DEBUG=files, last lines:" in stack and "file=" in stack

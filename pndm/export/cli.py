@@ -77,8 +77,7 @@ def load_source(model: str | None, checkpoint: str | None, random_init: bool, tr
               help="Device the AOTInductor package is compiled for. cpu: unet.bf16.pt2 with --precision "
                    "bf16. cuda: unet.<precision>.cuda.pt2 for --precision fp32, fp16 or bf16 (run it with "
                    "pndm-run --device cuda; sampling captures the whole loop as one CUDA graph); needs a "
-                   "CUDA device. Known defect: with torch 2.11 on an H100 loading it in a new process "
-                   "segfaulted (docs/BENCHMARKS.md, GPU).")
+                   "CUDA device.")
 @click.option("--batch", "batch_text", default=DEFAULT_BATCH, show_default=True,
               help="Batch range MIN:OPT:MAX the engines accept (TensorRT optimizes for OPT).")
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset (17-25 work).")

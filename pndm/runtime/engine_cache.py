@@ -15,6 +15,7 @@ reason) and ends up in run.json's ``cache``. Deleting the folder is always safe.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -144,6 +145,28 @@ def onnxruntime_session(path: str | os.PathLike, source_sha256: str, options, pr
 AOTI_MODEL_DIR = "data/aotinductor/model/"
 
 
+# Imported before a CUDA AOTInductor package loads (:func:`before_cuda_package_load`).
+CUDA_PACKAGE_PRELOADS = ("onnxruntime",)
+
+
+def before_cuda_package_load() -> None:
+    """Import onnxruntime (a dependency of pndm anyway) before torch loads a CUDA package's library.
+
+    Without it, in a fresh process, the library crashed while torch created its model container
+    (H100 and H200, torch 2.11+cu130; ``bench/pt2_load_probe.py``, docs/BENCHMARKS.md "GPU"): a call
+    through a null pointer inside the ``std::regex`` that AOTInductor's ``parse_device_str`` compiles,
+    in ``AOTInductorModelContainerCreateWithDevice``. Every loader crashed the same way (torch's
+    package loader, ``aoti_load_package``, the container runner on the extracted files), also after
+    creating a CUDA context, after cuBLAS/cuDNN work, or after importing torch's inductor, triton,
+    onnx or diffusers; after importing onnxruntime it loaded and ran, which is why the export's and
+    gpu-check's processes never crashed. Why it helps is not established (the crash looks like C++
+    runtime locale state that onnxruntime's library sets up at import); the GPU test
+    ``test_cuda_pt2_export_sample_with_the_graph_loop_and_check`` loads a package in a fresh process.
+    """
+    for name in CUDA_PACKAGE_PRELOADS:
+        importlib.import_module(name)
+
+
 def aoti_runner(data: bytes, source_sha256: str, device):
     """(runner, private folder or None) for the AOTInductor package whose checked bytes are ``data``.
 
@@ -156,10 +179,7 @@ def aoti_runner(data: bytes, source_sha256: str, device):
     package loader (no inductor import; single-threaded runs, as a CUDA graph capture needs); the
     caller removes the private folder when done. The runner is called as ``run([x, t]) -> [eps]``.
 
-    Known defect (H100, torch 2.11, docs/BENCHMARKS.md "GPU"): a CUDA package loaded in a fresh
-    process segfaulted inside torch's loader (also through ``torch._inductor.aoti_load_package``, and
-    after cuBLAS/cuDNN work); it loaded in the process that compiled it and in one that had run
-    diffusers pipelines first. ``bench/pt2_load_probe.py`` tells on a GPU which preparation avoids it.
+    Before a CUDA package loads, :func:`before_cuda_package_load` imports onnxruntime (see there).
     """
     import io
     import zipfile
@@ -171,6 +191,8 @@ def aoti_runner(data: bytes, source_sha256: str, device):
     libraries = [m for m in names if AOTI_MODEL_DIR in m and m.endswith(".so")]
     weights_apart = any("/data/weights/" in f"/{m}" or "/data/constants/" in f"/{m}" for m in names)
     if device.type == "cuda" or len(libraries) != 1 or weights_apart:
+        if device.type == "cuda":
+            before_cuda_package_load()
         private = Path(tempfile.mkdtemp(prefix="pndm-aoti-"))
         try:
             (private / "unet.pt2").write_bytes(data)
