@@ -271,7 +271,7 @@ def test_policy_keeps_the_most_sensitive_layers_until_the_limit(int8_export, tmp
     logs: list[str] = []
     limit = 0.85 * all_quantized
     set_limit(limit)
-    kept, reasons, stats = choose_float_layers(quantizer, placement, T, error_of, logs.append)
+    kept, reasons, stats, _ = choose_float_layers(quantizer, placement, T, error_of, logs.append)
     assert 1 <= len(kept) <= len(layer_names(fp32)) // 2
     assert set(reasons) == set(kept) and all("alone in float" in r for r in reasons.values())
     assert worst(stats) <= limit
@@ -358,7 +358,8 @@ def test_policy_measures_again_when_an_error_hides_behind_another():
         return {"rel_l2": ratio * limit, "by_t": [{"t": [100, 300], "rel_l2": ratio * limit}]}
 
     logs: list[str] = []
-    kept, reasons, stats = choose_float_layers(FakeQuantizer(layers), "tensorrt", 1000, error_of, logs.append)
+    kept, reasons, stats, _ = choose_float_layers(FakeQuantizer(layers), "tensorrt", 1000, error_of,
+                                                  logs.append)
     assert kept[0] == "A" and kept[-1] == "B" and len(kept) <= 3
     assert stats["by_t"][0]["rel_l2"] <= limit
     assert sum("measuring the sensitivity" in line for line in logs) == 2
@@ -383,7 +384,7 @@ def test_policy_adds_layers_until_the_final_images_pass_end_to_end():
         return (1.5 if len(in_float) < 3 else 0.8), f"{len(in_float)} in float"
 
     logs: list[str] = []
-    kept, _, _ = choose_float_layers(FakeQuantizer(layers), "cpu", 1000, error_of, logs.append, end_to_end)
+    kept = choose_float_layers(FakeQuantizer(layers), "cpu", 1000, error_of, logs.append, end_to_end).kept
     assert kept == ["L9", "L8", "L7"] and judged == [0, 1, 2, 3]
     assert sum("end to end: " in line for line in logs) == 4
 

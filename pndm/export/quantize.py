@@ -41,6 +41,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -266,11 +267,21 @@ def _spread(t: np.ndarray, count: int) -> np.ndarray:
     return order[np.linspace(0, len(order) - 1, min(count, len(order))).round().astype(int)]
 
 
+class FloatChoice(NamedTuple):
+    """What :func:`choose_float_layers` chose: the layers kept in float, why each, the final graph's
+    verification stats, and that graph (quantized with those layers in float)."""
+
+    kept: list[str]
+    reasons: dict[str, str]
+    stats: dict
+    model: onnx.ModelProto
+
+
 def choose_float_layers(quantizer: Quantizer, placement: str, T: int,
                         error_of: Callable[[onnx.ModelProto, np.ndarray | None], dict],
                         log: Callable[[str], None] = print,
                         end_to_end: Callable[[onnx.ModelProto], tuple[float, str]] | None = None,
-                        ) -> tuple[list[str], dict[str, str], dict]:
+                        ) -> FloatChoice:
     """Keep the most sensitive layers in float until ``placement``'s error is within its limit in every t
     range (:func:`pndm.export.precision.rel_l2_limit`; ``T``: the schedule's length).
 
@@ -285,7 +296,7 @@ def choose_float_layers(quantizer: Quantizer, placement: str, T: int,
 
     ``end_to_end(model) -> (ratio, description)`` (:func:`pndm.export.trajectory_guard.trajectory_guard`),
     when given, is a second criterion checked once the per-call limits hold: while its ratio exceeds 1,
-    more layers go to float in the same order. Returns (kept layers, why each was kept, the final stats).
+    more layers go to float in the same order.
     """
 
     def worst(stats: dict) -> float:
@@ -314,7 +325,7 @@ def choose_float_layers(quantizer: Quantizer, placement: str, T: int,
     log(f"{quantizer.precision} {placement} form, every layer quantized: {describe(stats)}")
     current = excess(model, stats)
     if current <= 1:
-        return [], {}, stats
+        return FloatChoice([], {}, stats, model)
     subset = _spread(quantizer.t, SENSITIVITY_PAIRS)
 
     def rank() -> list[str]:
@@ -349,7 +360,7 @@ def choose_float_layers(quantizer: Quantizer, placement: str, T: int,
         stalled = worst(stats) > 1 and worst(stats) > (1 - MIN_GAIN) * worst(before)
         if stalled and len(kept) >= 2 * ranked_at:  # at most once per doubling of the kept layers
             ranked, ranked_at, step = rank(), len(kept), 1
-    return kept, {name: reasons[name] for name in kept}, stats
+    return FloatChoice(kept, {name: reasons[name] for name in kept}, stats, model)
 
 
 def check_qdq_structure(model: onnx.ModelProto, precision: str,
@@ -442,9 +453,10 @@ def quantize_engines(fp32: onnx.ModelProto, x: np.ndarray, t: np.ndarray, eps: n
         for placement in placements:
             if keep_float:
                 chosen, reasons = kept, {name: "--keep-float" for name in kept}
+                model = quantizer.quantize(placement, chosen)
             else:
-                chosen, reasons, _ = choose_float_layers(quantizer, placement, T, error_of, log, end_to_end)
-            model = quantizer.quantize(placement, chosen)
+                chosen, reasons, _, model = choose_float_layers(quantizer, placement, T, error_of, log,
+                                                                end_to_end)
             check_qdq_structure(model, precision, placement)
             log(f"{precision} {placement} form: " + ("; ".join(f"{name} kept in float ({reasons[name]})"
                                                           for name in chosen) or "every layer quantized"))
