@@ -109,7 +109,6 @@ def loop_timings(args, engines: dict[str, Path], unet_dir: Path | None) -> list[
 
     from pndm.runtime.graph_loop import GraphLoop, trace_linear
     from pndm.runtime.loader import load_engine
-    from pndm.schedules import make_schedule
     from pndm.solvers import METHODS, sample
 
     steps, nfe = args.steps, METHODS["f-pndm"].nfe(args.steps)
@@ -128,7 +127,7 @@ def loop_timings(args, engines: dict[str, Path], unet_dir: Path | None) -> list[
                 cases.append((f"diffusers PNDMPipeline {label} eager", batch, run))
     for precision, path in engines.items():
         engine = load_engine(path, "cuda")
-        schedule = make_schedule(engine.schedule_name, engine.T)
+        schedule = engine.schedule
         program = trace_linear("f-pndm", steps, schedule)
         for batch in batches:
             x_T = torch.randn(batch, *engine.image_shape, generator=torch.Generator().manual_seed(0)).cuda()

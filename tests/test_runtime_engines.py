@@ -12,14 +12,14 @@ from pndm.fileio import sha256_file
 from pndm.runtime.engines.base import EngineInfo
 from pndm.runtime.engines.ort_engine import OrtEngine
 from pndm.runtime.engines.torch_engine import TorchEngine
+from pndm.schedule_spec import ScheduleSpec
 
 
 def info(path, precision="fp32", batch_range=(1, 8)) -> EngineInfo:
     return EngineInfo(
         path=str(path),
         image_shape=(3, TINY.resolution, TINY.resolution),
-        schedule_name="linear",
-        T=1000,
+        schedule=ScheduleSpec("linear", 1000),
         batch_range=batch_range,
         precision=precision,
         io=IOSpec.for_image((3, TINY.resolution, TINY.resolution)),
@@ -81,9 +81,10 @@ def test_manifest_names_that_do_not_match_the_file(tiny_onnx):
     renamed = IOSpec([TensorSpec("sample", "float32", ["batch", 3, 16, 16]),
                       TensorSpec("timestep", "float32", ["batch"])], IOSpec.for_image((3, 16, 16)).outputs)
     with pytest.raises(EngineError, match="does not belong to this file"):
-        OrtEngine(EngineInfo(str(path), (3, 16, 16), "linear", 1000, (1, 8), "fp32", renamed),
+        OrtEngine(EngineInfo(str(path), (3, 16, 16), ScheduleSpec("linear", 1000), (1, 8), "fp32", renamed),
                   torch.device("cpu")).open()
-    wrong = EngineInfo(str(path), (3, 32, 32), "linear", 1000, (1, 8), "fp32", IOSpec.for_image((3, 32, 32)))
+    wrong = EngineInfo(str(path), (3, 32, 32), ScheduleSpec("linear", 1000), (1, 8), "fp32",
+                       IOSpec.for_image((3, 32, 32)))
     with pytest.raises(EngineError, match="does not belong to this file"):
         OrtEngine(wrong, torch.device("cpu")).open()
 

@@ -12,6 +12,7 @@ from pndm.runtime.engines.base import EngineInfo
 from pndm.runtime.engines.torch_engine import TorchEngine
 from pndm.runtime.graph_loop import GraphLoop, capturable, trace_linear
 from pndm.runtime.sampling import sample_seeds
+from pndm.schedule_spec import ScheduleSpec
 from pndm.schedules import make_schedule
 from pndm.solvers import sample
 
@@ -74,7 +75,8 @@ def test_non_linear_runs_are_refused(method, options):
 
 def _tiny_engine(device="cpu"):
     info = EngineInfo(
-        path="tiny", image_shape=(3, 16, 16), schedule_name="linear", T=1000, batch_range=(1, 8),
+        path="tiny", image_shape=(3, 16, 16), schedule=ScheduleSpec("linear", 1000),
+        batch_range=(1, 8),
         precision="fp32", io=IOSpec.for_image((3, 16, 16)),
     )
     return TorchEngine(info, torch.device(device), tiny_model()).open()

@@ -22,7 +22,7 @@ def test_load_engine_reads_the_manifest(engine_dir):
     engine = load_engine(engine_dir / "unet.onnx", device="cpu")
     assert engine.backend == "onnxruntime"
     assert engine.image_shape == (3, 16, 16)
-    assert (engine.schedule_name, engine.T, engine.batch_range, engine.precision) == (
+    assert (engine.schedule.name, engine.schedule.T, engine.batch_range, engine.precision) == (
         "linear",
         1000,
         (1, 8),
@@ -37,7 +37,7 @@ def test_load_engine_reads_the_manifest(engine_dir):
 
 def test_load_engine_torch_reference(engine_dir):
     engine = load_engine(engine_dir / "reference.safetensors", device="cpu")
-    assert (engine.backend, engine.precision, engine.image_shape, engine.T) == (
+    assert (engine.backend, engine.precision, engine.image_shape, engine.schedule.T) == (
         "torch",
         "fp32",
         (3, 16, 16),

@@ -60,14 +60,12 @@ def engine_info(engine_path: Path, manifest: Manifest) -> EngineInfo:
     return EngineInfo(
         path=str(engine_path),
         image_shape=tuple(manifest.image_shape),
-        schedule_name=manifest.schedule.name,
-        T=manifest.schedule.T,
+        schedule=manifest.schedule,
         batch_range=(manifest.batch.min, manifest.batch.max),
         precision=entry.precision,
         io=manifest.io,
         manifest=manifest,
         sha256=entry.sha256,
-        schedule=manifest.schedule,
         prediction=manifest.model.prediction,
     )
 
@@ -90,13 +88,11 @@ def torch_engine(model, spec, source: str | Path, device="auto") -> Engine:
     info = EngineInfo(
         path=str(source),
         image_shape=image_shape,
-        schedule_name=spec.schedule,
-        T=int(spec.T),
+        schedule=spec.schedule_spec,
         batch_range=TORCH_BATCH_RANGE,
         precision="fp32",
         io=IOSpec.for_image(image_shape, spec.num_classes),
         manifest=None,
-        schedule=spec.schedule_spec,
         prediction=spec.prediction,
     )
     return TorchEngine(info, resolve_device(device), model).open()

@@ -54,8 +54,8 @@ def engine_identity(engine) -> dict:
         "path": str(path),
         "sha256": sha256_file(path) if path.is_file() else None,
         "backend": engine.backend,
-        "schedule": engine.schedule_name,
-        "T": engine.T,
+        "schedule": engine.schedule.name,
+        "T": engine.schedule.T,
         "image_shape": list(engine.image_shape),
     }
 

@@ -40,14 +40,12 @@ class EngineInfo:
 
     path: str
     image_shape: tuple[int, int, int]
-    schedule_name: str
-    T: int
+    schedule: ScheduleSpec
     batch_range: tuple[int, int]
     precision: str
     io: IOSpec
     manifest: Manifest | None = None
     sha256: str | None = None  # the manifest's hash of the file (None for a PyTorch model)
-    schedule: ScheduleSpec | None = None  # None: the named schedule_name over T
     prediction: str = "epsilon"  # what the network outputs (pndm.prediction)
 
 
@@ -61,8 +59,6 @@ class Engine:
         self.trust = trust  # load a code-carrying file this machine did not build (pndm.trust)
         self.path = info.path
         self.image_shape = tuple(info.image_shape)
-        self.schedule_name = info.schedule_name
-        self.T = info.T
         self.batch_range = tuple(info.batch_range)
         self.precision = info.precision
         self.manifest = info.manifest
@@ -71,7 +67,7 @@ class Engine:
         self.prediction = info.prediction
         # The label of class-conditional calls that pass none (pndm-run --class-label); None: required.
         self.class_label: int | None = None
-        self.schedule: Schedule = make_schedule(info.schedule or ScheduleSpec(info.schedule_name, info.T))
+        self.schedule: Schedule = make_schedule(info.schedule)
         self._log_nodes: torch.Tensor | None = None  # log alpha_bar nodes on self.device, for to_eps
         self.dtypes: dict[str, torch.dtype] = {}  # the backend's tensor types, by I/O name
         self._buffers: dict[tuple[str, int], torch.Tensor] = {}
@@ -230,8 +226,8 @@ class Engine:
             "precision": self.precision,
             "device": str(self.device),
             "image_shape": list(self.image_shape),
-            "schedule": self.schedule_name,
-            "T": self.T,
+            "schedule": self.schedule.name,
+            "T": self.schedule.T,
             "batch_range": list(self.batch_range),
         }
 
