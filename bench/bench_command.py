@@ -5,9 +5,12 @@ Same CIFAR-10 DDPM UNet architecture on both sides (35.7M parameters, random wei
 speed does not depend on training), equal NFE (F-PNDM with S steps = PNDMPipeline with S steps =
 S + 9 model calls), all images in one batch.
 
-1. ``pndm-export build --model cifar10 --random-init --precision bf16 --trt off`` (fp32
-   ``unet.onnx`` + bf16 ``unet.bf16.pt2``) and a diffusers ``UNet2DModel`` of that architecture;
-2. ``pndm-run check`` on the bf16 engine (the fastest CPU engine must pass it);
+1. ``pndm-export build --model cifar10 --random-init --precision P --trt off`` (fp32 ``unet.onnx``
+   + ``unet.bf16.pt2`` for P = bf16, or + the int8 CPU form ``unet.int8-cpu.onnx`` for P = int8) and
+   a diffusers ``UNet2DModel`` of that architecture. ``--checkpoint``: export a pndm checkpoint of
+   the CIFAR-10 architecture instead of random weights (an int8 engine's checker result depends on
+   the weights: a random network's sampling is chaotic);
+2. ``pndm-run check`` on the fast engine (the fastest CPU engine must pass it);
 3. a cold-cache first run of every command (also the warm-up; the engine cache under
    ``<work>/cache/engines`` is emptied first), then ``--rounds`` rounds, each
    running every (command, image count) once, interleaved round-robin so a shared machine's
@@ -73,11 +76,16 @@ def matmul_peak(dtype: torch.dtype, n: int = 1024, seconds: float = 1.5) -> floa
     return best
 
 
-def prepare(work: Path, env: dict) -> tuple[Path, Path]:
+FAST_ENGINE = {"bf16": "unet.bf16.pt2", "int8": "unet.int8-cpu.onnx"}
+
+
+def prepare(work: Path, env: dict, precision: str = "bf16",
+            checkpoint: Path | None = None) -> tuple[Path, Path]:
     engines, unet_dir = work / "engines", work / "diffusers-unet"
-    if not (engines / "unet.bf16.pt2").is_file():
-        cmd = [str(BIN / "pndm-export"), "build", "--model", "cifar10", "--random-init", "--precision",
-               "bf16", "--batch", "1:4:64", "--trt", "off", "--out", str(engines)]
+    if not (engines / FAST_ENGINE[precision]).is_file():
+        source = ["--checkpoint", str(checkpoint)] if checkpoint else ["--model", "cifar10", "--random-init"]
+        cmd = [str(BIN / "pndm-export"), "build", *source, "--precision", precision, "--batch", "1:4:64",
+               "--trt", "off", "--out", str(engines)]
         log(" ".join(cmd))
         subprocess.run(cmd, check=True, env=env)
     if not (unet_dir / "config.json").is_file():
@@ -99,11 +107,15 @@ def commands(engines: Path, unet_dir: Path, steps: int, threads: int | None) -> 
         return [sys.executable, str(REPO / "bench" / "diffusers_pndm.py"), "--unet", str(unet_dir),
                 "--steps", str(steps), "-n", str(num), "--out", str(out), *thread_args]
 
-    return {
+    runners = {
         "pt2": ("pndm-run sample: AOTInductor bf16 (.pt2)", pndm("unet.bf16.pt2"), "bf16"),
+        "int8": ("pndm-run sample: ONNX Runtime int8 CPU form", pndm("unet.int8-cpu.onnx"), "fp32"),
         "onnx": ("pndm-run sample: ONNX Runtime fp32", pndm("unet.onnx"), "fp32"),
         "diffusers": ("diffusers PNDMPipeline script (fp32 eager)", diffusers, "fp32"),
     }
+    present = {"pt2": "unet.bf16.pt2", "int8": "unet.int8-cpu.onnx"}  # the export's precision decides
+    return {key: runner for key, runner in runners.items()
+            if key not in present or (engines / present[key]).is_file()}
 
 
 def call_throughput(engines: Path, names: list[str], batches: list[int], env: dict,
@@ -189,8 +201,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="threads for every runner (default theirs)")
     parser.add_argument("--skip", default="", help="runners to leave out: pt2,onnx,diffusers or e.g. onnx@64")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--precision", choices=sorted(FAST_ENGINE), default="bf16",
+                        help="the fast engine to export beside fp32 ONNX (default bf16)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="export this CIFAR-10-architecture pndm checkpoint (default: random weights)")
     parser.add_argument("--no-check", action="store_true", help="skip pndm-run check (run it apart)")
-    parser.add_argument("--check-engine", default="unet.bf16.pt2", help="engine file the check runs on")
+    parser.add_argument("--check-engine", default=None,
+                        help="engine file the check runs on (default: the --precision engine)")
     parser.add_argument("--call-batches", default="", help="also time one model call at these batch sizes "
                         "(e.g. 1,4,64) for the --call-engines, in this process")
     parser.add_argument("--call-engines", default="unet.onnx,unet.bf16.pt2", help="engine files for that")
@@ -200,7 +217,8 @@ def main(argv=None) -> int:
     result = {"machine": machine(), "command": " ".join(["bench/bench_command.py", *(argv or sys.argv[1:])])}
     # one cache root for the export (its record of the engines it built) and the runs (their caches)
     env = {**os.environ, "PNDM_CACHE_DIR": str(args.work / "cache")}
-    engines, unet_dir = prepare(args.work, env)
+    engines, unet_dir = prepare(args.work, env, args.precision, args.checkpoint)
+    args.check_engine = args.check_engine or FAST_ENGINE[args.precision]
     nums = [int(n) for n in args.nums.split(",")]
     cmds = commands(engines, unet_dir, args.steps, args.threads)
     thread_args = ["--threads", str(args.threads)] if args.threads else []
