@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_command.py"
-
-
-def _bench_command():
-    if str(SCRIPT.parent) not in sys.path:
-        sys.path.insert(0, str(SCRIPT.parent))  # as when run as a script: its sibling modules import
-    spec = importlib.util.spec_from_file_location("bench_command", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench_scripts import load_bench_script
 
 
 def test_runners_follow_the_engines_the_export_wrote(tmp_path):
-    bench = _bench_command()
+    bench = load_bench_script("bench_command")
     (tmp_path / "unet.onnx").write_bytes(b"")
     assert set(bench.commands(tmp_path, tmp_path / "unet", 20, None)) == {"onnx", "diffusers"}
     (tmp_path / "unet.int8-cpu.onnx").write_bytes(b"")

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
-
-
-def _gpu_check():
-    if str(SCRIPT.parent) not in sys.path:
-        sys.path.insert(0, str(SCRIPT.parent))  # as when run as a script: its sibling modules import
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench_scripts import load_bench_script
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
 def test_stops_cleanly_without_a_cuda_device(tmp_path, capsys):
-    assert _gpu_check().main(["--out", str(tmp_path)]) == 0
+    assert load_bench_script("gpu_check").main(["--out", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith("gpu-check: no CUDA device")
     assert json.loads((tmp_path / "gpu_check.json").read_text())["skipped"] == "no CUDA device"
@@ -46,7 +33,7 @@ def test_markdown_table_compares_with_diffusers_fp32():
          "median_s": 1.5,
          "min_s": 1.4, "max_s": 1.6, "images_per_s": 2.7, "cold_s": 9.0, "phases": {"import": 0.5}},
     ]
-    table = _gpu_check().markdown(found, {"returncode": 0}, rows, commands)
+    table = load_bench_script("gpu_check").markdown(found, {"returncode": 0}, rows, commands)
     loop_part, command_part = table.split("Whole commands")
     assert "| pndm .pt2 fp16, whole-loop CUDA graph | 64 | 29 | 0.500 |" in loop_part
     assert loop_part.rstrip().endswith("| 4.00x |")
@@ -56,7 +43,7 @@ def test_markdown_table_compares_with_diffusers_fp32():
 
 def test_a_failed_command_is_a_row_that_says_so(monkeypatch, tmp_path):
     """A whole command that crashes is reported in its row and not run again; the others are timed."""
-    gpu_check = _gpu_check()
+    gpu_check = load_bench_script("gpu_check")
     calls = []
 
     def fake_run_once(argv, folder, env):
@@ -78,7 +65,7 @@ def test_a_failed_command_is_a_row_that_says_so(monkeypatch, tmp_path):
 
 
 def test_reuse_engines_keeps_a_built_package(tmp_path, monkeypatch):
-    gpu_check = _gpu_check()
+    gpu_check = load_bench_script("gpu_check")
     folder = tmp_path / "engines-fp16"
     folder.mkdir()
     (folder / "unet.fp16.cuda.pt2").write_bytes(b"package")

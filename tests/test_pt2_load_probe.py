@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import signal
 import subprocess
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "pt2_load_probe.py"
-
-
-def _probe_module():
-    spec = importlib.util.spec_from_file_location("pt2_load_probe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench_scripts import load_bench_script
 
 
 def test_a_file_without_a_manifest_is_one_line(tmp_path, capsys):
     (tmp_path / "unet.fp16.cuda.pt2").write_bytes(b"not a package")
-    assert _probe_module().main([str(tmp_path / "unet.fp16.cuda.pt2")]) == 2
+    assert load_bench_script("pt2_load_probe").main([str(tmp_path / "unet.fp16.cuda.pt2")]) == 2
     err = capsys.readouterr().err
     assert "no package with a manifest.json beside it" in err and err.count("\n") == 1
 
@@ -30,7 +20,7 @@ def test_a_file_without_a_manifest_is_one_line(tmp_path, capsys):
 def test_each_outcome_is_named_with_its_stage(monkeypatch, tmp_path):
     """A crashed variant reads 'segfault', a failed one its last error line, a hung one 'timeout', each
     with the stage it stopped in; a finished one 'ok'."""
-    probe = _probe_module()
+    probe = load_bench_script("pt2_load_probe")
     outcomes = iter([
         subprocess.CompletedProcess([], -signal.SIGSEGV, "", ""),
         subprocess.CompletedProcess([], -signal.SIGSEGV, "loaded\n", ""),
@@ -52,7 +42,7 @@ def test_each_outcome_is_named_with_its_stage(monkeypatch, tmp_path):
 
 
 def test_cuda_only_variants_do_not_apply_to_a_cpu_package():
-    probe = _probe_module()
+    probe = load_bench_script("pt2_load_probe")
     assert not probe.applies("cpu", "cuda context first", "pndm's loader, device index -1")
     assert not probe.applies("cpu", "plain", "pndm's loader, device index 0")
     assert probe.applies("cpu", "plain", "torch's runner on the extracted files")
@@ -61,7 +51,7 @@ def test_cuda_only_variants_do_not_apply_to_a_cpu_package():
 
 @pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="needs a C compiler")
 def test_backtrace_without_gdb_prints_the_native_stack(monkeypatch, tmp_path):
-    probe = _probe_module()
+    probe = load_bench_script("pt2_load_probe")
     monkeypatch.setitem(probe.PREPARE, "a crash", "import ctypes; ctypes.string_at(0)")
     (tmp_path / "manifest.json").write_text("{}")
     stack = probe.backtrace(tmp_path / "p.pt2", "cpu", "a crash", "pndm's loader, device index -1", 120,
