@@ -76,7 +76,13 @@ def matmul_peak(dtype: torch.dtype, n: int = 1024, seconds: float = 1.5) -> floa
     return best
 
 
-FAST_ENGINE = {"bf16": "unet.bf16.pt2", "int8": "unet.int8-cpu.onnx"}
+# runner key -> (label, engine file, precision of its matmuls) of the pndm-run runners
+PNDM_RUNNERS = {
+    "pt2": ("pndm-run sample: AOTInductor bf16 (.pt2)", "unet.bf16.pt2", "bf16"),
+    "int8": ("pndm-run sample: ONNX Runtime int8 CPU form", "unet.int8-cpu.onnx", "fp32"),
+    "onnx": ("pndm-run sample: ONNX Runtime fp32", "unet.onnx", "fp32"),
+}
+FAST_ENGINE = {"bf16": PNDM_RUNNERS["pt2"][1], "int8": PNDM_RUNNERS["int8"][1]}  # by --precision
 
 
 def prepare(work: Path, env: dict, precision: str = "bf16",
@@ -107,15 +113,10 @@ def commands(engines: Path, unet_dir: Path, steps: int, threads: int | None) -> 
         return [sys.executable, str(REPO / "bench" / "diffusers_pndm.py"), "--unet", str(unet_dir),
                 "--steps", str(steps), "-n", str(num), "--out", str(out), *thread_args]
 
-    runners = {
-        "pt2": ("pndm-run sample: AOTInductor bf16 (.pt2)", pndm("unet.bf16.pt2"), "bf16"),
-        "int8": ("pndm-run sample: ONNX Runtime int8 CPU form", pndm("unet.int8-cpu.onnx"), "fp32"),
-        "onnx": ("pndm-run sample: ONNX Runtime fp32", pndm("unet.onnx"), "fp32"),
-        "diffusers": ("diffusers PNDMPipeline script (fp32 eager)", diffusers, "fp32"),
-    }
-    present = {"pt2": "unet.bf16.pt2", "int8": "unet.int8-cpu.onnx"}  # the export's precision decides
-    return {key: runner for key, runner in runners.items()
-            if key not in present or (engines / present[key]).is_file()}
+    runners = {key: (label, pndm(engine), kind) for key, (label, engine, kind) in PNDM_RUNNERS.items()
+               if (engines / engine).is_file()}  # the export's precision decides which are there
+    runners["diffusers"] = ("diffusers PNDMPipeline script (fp32 eager)", diffusers, "fp32")
+    return runners
 
 
 def call_throughput(engines: Path, names: list[str], batches: list[int], env: dict,

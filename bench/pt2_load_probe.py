@@ -10,8 +10,10 @@ answers which preparation (if any) the runtime needs:
     python3 bench/pt2_load_probe.py build/gpu-check/engines-fp16/unet.fp16.cuda.pt2 --backtrace
 
 Before the table it lists the shared libraries the package's library cannot find (``ldd``); with
-``--backtrace`` and gdb on the PATH, the first crashing variant is run again under gdb and its native
-stack printed. ``--device cpu`` probes a CPU package the same way (what the tests run).
+``--backtrace`` the first crashing variant is run again for its native stack (under gdb, or without
+gdb with a SIGSEGV handler compiled with ``cc`` and preloaded) and the dynamic loader's last steps.
+``--prepare NAME`` limits the run to some preparations. ``--device cpu`` probes a CPU package the
+same way (what the tests run).
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ PACKAGE_LOADER = "loader = torch._C._aoti.AOTIModelPackageLoader(path, 'model', 
                  "call = lambda x, t: loader.run([x, t])[0]"
 EXTRACTED_RUNNER = """
 import tempfile, zipfile
-folder = pathlib.Path(tempfile.mkdtemp(prefix='pt2-probe-'))
+extracted = tempfile.TemporaryDirectory(prefix='pt2-probe-')  # removed when the interpreter exits
+folder = pathlib.Path(extracted.name)
 zipfile.ZipFile(path).extractall(folder)
 (library,) = [p for p in folder.rglob('data/aotinductor/model/*.so')]
 runner = (torch._C._aoti.AOTIModelContainerRunnerCuda(str(library), 1, 'cuda:0', str(library.parent))
