@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,7 +101,7 @@ def test_cached_folder_rebuilds_on_any_mismatch(cache_dir, damage):
 
 def test_aoti_package_without_a_single_library_goes_through_a_private_copy(tmp_path, monkeypatch):
     """Such a package (CUDA cubins, weights beside the library) is not cached; its private copy of the
-    checked bytes is removed when loading fails."""
+    checked bytes, and what torch's C++ loader extracted from it, are removed when loading fails."""
     import io
     import tempfile
     import zipfile
@@ -111,9 +113,39 @@ def test_aoti_package_without_a_single_library_goes_through_a_private_copy(tmp_p
         package.writestr("unet/data/aotinductor/model/a.so", b"not a library")
         package.writestr("unet/data/weights/w.bin", b"\0" * 8)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the C++ loader extracts, unless told otherwise
     with pytest.raises(Exception):  # noqa: B017 - torch's loader raises its own RuntimeError types
         aoti_runner(buffer.getvalue(), "0" * 64, torch.device("cpu"))
-    assert not list(tmp_path.glob("pndm-aoti-*"))
+    assert list(tmp_path.iterdir()) == []
+    assert os.environ["TMPDIR"] == str(tmp_path)
+    assert take_cache_events() == []
+
+
+@pytest.mark.parametrize("beside", ["a_weights.blob", "w.bin"])
+def test_aoti_package_with_weights_beside_its_library_is_not_cached(beside, monkeypatch):
+    """Weights stored as a file beside the library (``package_constants_in_so=False``) are loaded by
+    torch's package loader: the cached library alone crashed the runner."""
+    import io
+    import zipfile
+
+    from pndm.runtime import engine_cache
+
+    loaded = []
+
+    class Loader:
+        def __init__(self, path, model, single_threaded, runners, index):
+            loaded.append((Path(path).name, os.environ["TMPDIR"] == str(Path(path).parent)))
+
+    monkeypatch.setattr(torch._C._aoti, "AOTIModelPackageLoader", Loader)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as package:
+        package.writestr("unet/data/aotinductor/model/a.cpp", b"")
+        package.writestr("unet/data/aotinductor/model/a_metadata.json", b"{}")
+        package.writestr("unet/data/aotinductor/model/a.so", b"")
+        package.writestr(f"unet/data/aotinductor/model/{beside}", b"\0" * 8)
+    runner, private = engine_cache.aoti_runner(buffer.getvalue(), "0" * 64, torch.device("cpu"))
+    shutil.rmtree(private)
+    assert loaded == [("unet.pt2", True)]
     assert take_cache_events() == []
 
 

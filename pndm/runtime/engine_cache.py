@@ -15,6 +15,7 @@ reason) and ends up in run.json's ``cache``. Deleting the folder is always safe.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -143,6 +144,23 @@ def onnxruntime_session(path: str | os.PathLike, source_sha256: str, options, pr
 
 
 AOTI_MODEL_DIR = "data/aotinductor/model/"
+# What an AOTInductor package keeps beside its library for reading, not loading (sources, metadata).
+AOTI_SOURCE_SUFFIXES = (".cpp", ".h", ".json")
+
+
+@contextlib.contextmanager
+def _temp_dir_of_native_code(folder: Path):
+    """Native code run inside (torch's C++ package loader) makes its temporary folders in ``folder``:
+    it reads ``$TMPDIR``, not Python's :func:`tempfile.gettempdir`."""
+    previous = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(folder)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["TMPDIR"]
+        else:
+            os.environ["TMPDIR"] = previous
 
 
 # Imported before a CUDA AOTInductor package loads (:func:`before_cuda_package_load`).
@@ -175,9 +193,13 @@ def aoti_runner(data: bytes, source_sha256: str, device):
     library (weights included) is extracted from ``data`` once into the cache entry keyed by
     ``source_sha256`` (the hash of ``data``, checked by the caller) and the torch version, and
     loaded from there with torch's C++ runner. On CUDA (kernels in separate cubin files), or when the
-    weights are stored apart from the library, a private copy of ``data`` is loaded by torch's C++
-    package loader (no inductor import; single-threaded runs, as a CUDA graph capture needs); the
-    caller removes the private folder when done. The runner is called as ``run([x, t]) -> [eps]``.
+    library is not all the package holds (weights in ``data/weights/`` or a ``*_weights.blob`` beside
+    the library, which that runner cannot find: it crashed), a private copy of ``data`` is loaded by
+    torch's C++ package loader (no inductor import; single-threaded runs, as a CUDA graph capture
+    needs). That loader extracts the package into a folder of its own under ``$TMPDIR``, which it
+    removes when the runner is deleted but leaves behind when loading fails, so it extracts into the
+    private folder; the caller removes the private folder when done. The runner is called as
+    ``run([x, t]) -> [eps]``.
 
     Before a CUDA package loads, :func:`before_cuda_package_load` imports onnxruntime (see there).
     """
@@ -188,16 +210,18 @@ def aoti_runner(data: bytes, source_sha256: str, device):
 
     with zipfile.ZipFile(io.BytesIO(data)) as package:
         names = package.namelist()
-    libraries = [m for m in names if AOTI_MODEL_DIR in m and m.endswith(".so")]
+    payload = [m for m in names if AOTI_MODEL_DIR in m and not m.endswith(AOTI_SOURCE_SUFFIXES)]
     weights_apart = any("/data/weights/" in f"/{m}" or "/data/constants/" in f"/{m}" for m in names)
-    if device.type == "cuda" or len(libraries) != 1 or weights_apart:
+    if device.type == "cuda" or len(payload) != 1 or not payload[0].endswith(".so") or weights_apart:
         if device.type == "cuda":
             before_cuda_package_load()
         private = Path(tempfile.mkdtemp(prefix="pndm-aoti-"))
         try:
             (private / "unet.pt2").write_bytes(data)
             index = device.index if device.type == "cuda" and device.index is not None else -1
-            loader = torch._C._aoti.AOTIModelPackageLoader(str(private / "unet.pt2"), "model", True, 1, index)
+            with _temp_dir_of_native_code(private):
+                loader = torch._C._aoti.AOTIModelPackageLoader(str(private / "unet.pt2"), "model", True, 1,
+                                                               index)
             return loader, private
         except BaseException:
             shutil.rmtree(private, ignore_errors=True)
@@ -205,7 +229,7 @@ def aoti_runner(data: bytes, source_sha256: str, device):
     key = f"{source_sha256}-torch{torch.__version__}"
 
     def build(folder: Path) -> None:
-        with zipfile.ZipFile(io.BytesIO(data)) as package, package.open(libraries[0]) as source:
+        with zipfile.ZipFile(io.BytesIO(data)) as package, package.open(payload[0]) as source:
             with open(folder / "model.so", "wb") as target:
                 shutil.copyfileobj(source, target, 1 << 20)
 
