@@ -119,23 +119,27 @@ class Source:
 
 @dataclass
 class ModelInfo:
-    """``model``: architecture and config, weights source, what the network predicts, classes."""
+    """``model``: architecture and config, weights source, what the network predicts, classes, and
+    the notes of its loading (e.g. a diffusers scheduler's sampling settings that pndm-run does not
+    apply by default)."""
 
     architecture: str
     config: dict[str, Any]
     source: Source
     prediction: str = "epsilon"
     num_classes: int | None = None
+    notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"architecture": self.architecture, "config": self.config, "source": self.source.to_dict(),
-                "prediction": self.prediction, "num_classes": self.num_classes, **self.extra}
+                "prediction": self.prediction, "num_classes": self.num_classes,
+                **({"notes": list(self.notes)} if self.notes else {}), **self.extra}
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> ModelInfo:
         known, extra = _split(data, where, "model",
-                              ("architecture", "config", "source", "prediction", "num_classes"))
+                              ("architecture", "config", "source", "prediction", "num_classes", "notes"))
         _require(isinstance(known.get("architecture"), str), where, "model.architecture is missing")
         _require(isinstance(known.get("config"), dict), where, "model.config is missing")
         source = Source.from_dict(known.get("source"), where)
@@ -145,7 +149,10 @@ class ModelInfo:
         num_classes = known.get("num_classes")
         _require(num_classes is None or _positive_int(num_classes), where,
                  "model.num_classes must be a positive integer or null")
-        return cls(known["architecture"], known["config"], source, prediction, num_classes, extra)
+        notes = known.get("notes") or []
+        _require(isinstance(notes, list) and all(isinstance(n, str) for n in notes), where,
+                 "model.notes must be a list of strings")
+        return cls(known["architecture"], known["config"], source, prediction, num_classes, notes, extra)
 
 
 @dataclass

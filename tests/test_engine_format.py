@@ -198,3 +198,16 @@ def test_io_spec_for_image():
     io = IOSpec.for_image((1, 28, 28))
     assert io.input_names == ("x", "t") and io.output_name == "eps"
     assert io.outputs[0].shape == ["batch", 1, 28, 28]
+
+
+def test_model_notes_round_trip_and_are_checked(tmp_path):
+    manifest = example()
+    assert "notes" not in manifest.to_dict()["model"]  # no notes: no field
+    manifest.model.notes = ["scheduler/scheduler_config.json: clip_sample=true (...)"]
+    read = read_manifest(write_manifest(tmp_path, manifest).parent)
+    assert read.model.notes == manifest.model.notes
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    data["model"]["notes"] = "not a list"
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(EngineError, match="model.notes must be a list of strings"):
+        read_manifest(tmp_path)

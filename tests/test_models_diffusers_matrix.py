@@ -95,3 +95,54 @@ def test_without_diffusers_the_error_says_how_to_install(tmp_path, monkeypatch):
     with pytest.raises(PndmError, match=r"pip install 'pndm\[diffusers\]'"):
         load(folder)
     load(save_unet(tmp_path / "mapped", "cifar10_layout")[1])  # the exact mapping needs no diffusers
+
+
+def test_scheduler_settings_pndm_does_not_apply_are_notes_naming_the_option(tmp_path):
+    """clip_sample, timestep_spacing, steps_offset, set_alpha_to_one: read, and each one that differs
+    from what pndm-run does by default becomes a note (printed by the export, kept in the manifest)."""
+    unet, _ = save_unet(tmp_path / "scratch", "default")
+    folder = save_pipeline(tmp_path / "pipe", unet, "DDIMPipeline", "DDIMScheduler", clip_sample=True,
+                           timestep_spacing="trailing", steps_offset=1, set_alpha_to_one=False)
+    _, spec = load(folder)
+    notes = " | ".join(spec.notes)
+    assert "clip_sample=true" in notes and "--clip-x0" in notes
+    assert "timestep_spacing='trailing'" in notes and "--grid trailing" in notes
+    assert "steps_offset=1" in notes and "set_alpha_to_one=false" in notes
+    plain = save_pipeline(tmp_path / "plain", unet, "DDIMPipeline", "DDIMScheduler", clip_sample=False)
+    assert len(load(plain)[1].notes) == 1  # the layout note only
+
+
+def test_a_bare_unet_folder_says_what_schedule_it_assumes(tmp_path):
+    _, folder = save_unet(tmp_path / "unet", "default")
+    assert any("no scheduler config" in note for note in load(folder)[1].notes)
+    _, given = load(folder, schedule=ScheduleSpec("cosine"))
+    assert not any("no scheduler config" in note for note in given.notes)
+
+
+def test_latent_pipeline_is_refused_in_one_line(tmp_path):
+    """A pipeline with a VAE/VQ decoder: its UNet makes latents, not images."""
+    unet, _ = save_unet(tmp_path / "scratch", "default")
+    folder = save_pipeline(tmp_path / "pipe", unet)
+    index = folder / "model_index.json"
+    index.write_text(json.dumps({**json.loads(index.read_text()), "_class_name": "LDMPipeline",
+                                 "vqvae": ["diffusers", "VQModel"]}))
+    with pytest.raises(CheckpointError) as exc:
+        load(folder)
+    assert "latent diffusion pipeline (it has a vqvae)" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_sample_size_the_downsamplings_cannot_halve_is_one_line(tmp_path):
+    pytest.importorskip("diffusers").UNet2DModel(**{**CONFIGS["default"], "sample_size": 15}).save_pretrained(
+        tmp_path / "odd")
+    with pytest.raises(CheckpointError) as exc:
+        load(tmp_path / "odd")
+    assert "sample_size 15x15 is not a multiple of 2" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_variant_only_weights_are_named(tmp_path):
+    diffusers_unet_folder = tmp_path / "variant"
+    unet, _ = save_unet(tmp_path / "scratch", "default")
+    unet.save_pretrained(diffusers_unet_folder, variant="fp16")
+    with pytest.raises(CheckpointError) as exc:
+        load(diffusers_unet_folder)
+    assert "only variant weights (diffusion_pytorch_model.fp16.safetensors)" in str(exc.value)

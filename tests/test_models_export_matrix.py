@@ -56,6 +56,9 @@ def test_export_check_and_sample(tmp_path, kind):
     assert manifest["verification"]["unet.onnx"]["rel_l2"] <= 1e-5
     native = {"v_prediction": "v_prediction", "sample": "sample", "edm_module": "sample"}
     assert manifest["model"]["prediction"] == native.get(kind, "epsilon")
+    if kind in ("v_prediction", "sample"):  # DDIMScheduler's default clip_sample=True: a note, said and kept
+        (note,) = [n for n in manifest["model"]["notes"] if "clip_sample=true" in n]
+        assert note in built.stdout
     labels = ["--class-label", "3"] if kind == "class_conditional" else []
     # The fp32 graph is verified above (1e-5 of PyTorch); the checker runs on the fp16 one, the harder case.
     checked = run("pndm-run", "check", "--engine", str(out / "unet.fp16.onnx"), "--method", "ddim",

@@ -222,12 +222,12 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
     stage = _Stages(log)
     out = Path(options.out)
     with staged_export(out) as staging:
-        files, notes = [], []
+        files, notes = [], list(spec.notes)
         image_shape = tuple(spec.image_shape)
         manifest = Manifest.new(
             model=ModelInfo(architecture=spec.architecture, config=spec.config,
                             source=Source.from_dict(spec.manifest_source(), "model spec"),
-                            prediction=spec.prediction, num_classes=spec.num_classes),
+                            prediction=spec.prediction, num_classes=spec.num_classes, notes=list(spec.notes)),
             image_shape=image_shape,
             schedule=spec.schedule_spec,
             batch=BatchSpec(**options.batch.to_dict()))

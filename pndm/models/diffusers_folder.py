@@ -40,6 +40,8 @@ from pndm.schedules import ScheduleSpec, schedule_from_diffusers
 INSTALL_HINT = "pip install 'pndm[diffusers]'"
 # Old attention weight names (google/ddpm-* on the hub) -> the names UNet2DModel has today.
 _LEGACY_ATTENTION = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.", ".proj_attn.": ".to_out.0."}
+# Pipeline components that decode latents: such a pipeline's UNet does not make images (refused).
+LATENT_DECODERS = frozenset({"vae", "vqvae"})
 # class_embed_type values whose class input is not an integer label (refused: no label input to give).
 _CLASS_EMBED_TYPES = (None,)
 
@@ -56,10 +58,16 @@ class DiffusersFolder:
     schedule: ScheduleSpec
     prediction: str
     files: dict[str, str]  # every file read, relative to root -> SHA-256
+    notes: tuple[str, ...] = ()  # what the user should know about how it is read (scheduler_notes)
 
 
 def _unet_folder(path: Path) -> Path:
     if (path / "model_index.json").is_file():
+        latent = sorted(set(read_json(path / "model_index.json", "pipeline index")) & LATENT_DECODERS)
+        if latent:
+            raise CheckpointError(
+                f"{path}: a latent diffusion pipeline (it has a {latent[0]}): its UNet denoises latents, and "
+                "pndm samples pixel-space UNets only, with no decoder; use a pixel-space pipeline")
         folder = path / "unet"
         if not (folder / "config.json").is_file():
             raise CheckpointError(
@@ -93,6 +101,33 @@ def _prediction(sched: dict[str, Any], where: Path) -> str:
     return prediction
 
 
+def scheduler_notes(sched: dict[str, Any], where: Path) -> tuple[str, ...]:
+    """What the scheduler config asks of sampling that ``pndm-run`` does not do by default: one note
+    per setting, with the option that does it where there is one (the schedule and prediction_type
+    are read, everything else is a choice made when sampling)."""
+    notes = []
+    name = f"{where.parent.name}/{where.name}"
+    if sched.get("clip_sample"):
+        limit = sched.get("clip_sample_range", 1.0)
+        notes.append(f"{name}: clip_sample=true (diffusers clips x0 to +-{limit} every step); pndm-run "
+                     "does not clip unless given --clip-x0, which also re-derives eps from the clipped x0 "
+                     "(diffusers' use_clipped_model_output=True)")
+    if sched.get("thresholding"):
+        notes.append(f"{name}: thresholding=true (dynamic thresholding) is not done by pndm; the nearest is "
+                     "--clip-x0")
+    spacing = sched.get("timestep_spacing", "leading")
+    if spacing != "leading":
+        notes.append(f"{name}: timestep_spacing={spacing!r}; pndm-run's methods default to the leading grid: "
+                     f"pass --grid {spacing} for this spacing")
+    if sched.get("steps_offset", 0):
+        notes.append(f"{name}: steps_offset={sched['steps_offset']} shifts diffusers' leading grid up by "
+                     f"{sched['steps_offset']}; pndm's leading grid starts at t=0")
+    if sched.get("set_alpha_to_one") is False:
+        notes.append(f"{name}: set_alpha_to_one=false (diffusers' last step ends at alpha_bar(0)); pndm's "
+                     "last step ends at the clean image (alpha_bar = 1)")
+    return tuple(notes)
+
+
 def _relative(path: Path, root: Path) -> str:
     try:
         return str(path.relative_to(root))
@@ -116,13 +151,18 @@ def read_folder(path: Path, allow_pickle: bool = False, schedule: ScheduleSpec |
             except PndmError as exc:
                 raise CheckpointError(str(exc)) from None
         prediction = _prediction(sched, sched_path)
+        notes = scheduler_notes(sched, sched_path)
     else:
+        notes = () if schedule else (
+            f"{unet.name}: no scheduler config beside it: DDPM's linear schedule (1e-4..0.02, T=1000) "
+            "and epsilon prediction assumed; --schedule/--T/--beta-start/--beta-end and --prediction say "
+            "otherwise",)
         schedule, prediction = schedule or ScheduleSpec("linear"), "epsilon"
     read = [unet / "config.json", weights] + ([sched_path] if sched_path else [])
     if (path / "model_index.json").is_file():
         read.append(path / "model_index.json")
     files = {_relative(f, path): sha256_file(f) for f in read}
-    return DiffusersFolder(path, unet, config, weights, sched_path, schedule, prediction, files), state
+    return DiffusersFolder(path, unet, config, weights, sched_path, schedule, prediction, files, notes), state
 
 
 def diffusers_available() -> bool:
@@ -230,6 +270,12 @@ def image_shape_of(cfg: dict[str, Any], where: Path) -> tuple[int, int, int]:
     if size is None:
         raise CheckpointError(f"{where}: config.json has no sample_size; the image size is needed, add it")
     height, width = (size, size) if isinstance(size, int) else tuple(size)
+    # Every down block but the last halves the image, and the up path must meet the same sizes.
+    multiple = 2 ** (len(cfg.get("down_block_types", DIFFUSERS_DEFAULTS["down_block_types"])) - 1)
+    if int(height) % multiple or int(width) % multiple:
+        raise CheckpointError(
+            f"{where}: sample_size {height}x{width} is not a multiple of {multiple}, which this UNet's "
+            f"{multiple.bit_length() - 1} downsamplings need; use an image size that is")
     return int(cfg.get("in_channels", DIFFUSERS_DEFAULTS["in_channels"])), int(height), int(width)
 
 
@@ -245,7 +291,7 @@ def load_folder(path: Path, allow_pickle: bool = False, schedule: ScheduleSpec |
     except NotMappable as exc:
         model = build_diffusers_unet(folder, state)
         note = f"diffusers' own UNet2DModel (not the DDPM layout: {exc.option})"
-        return model, "diffusers", dict(folder.config), folder, (note,)
+        return model, "diffusers", dict(folder.config), folder, (note, *folder.notes)
     from pndm.models.architectures import build_model
     from pndm.models.state_dicts import load_into
 
@@ -253,4 +299,4 @@ def load_folder(path: Path, allow_pickle: bool = False, schedule: ScheduleSpec |
     load_into(model, map_state_dict(state, cfg, len(ddpm_config.ch_mult), folder.weights), folder.weights,
               "DDPM UNet mapped from this diffusers config")
     note = "diffusers UNet2DModel mapped onto the original DDPM layout"
-    return model.eval(), "ddpm", ddpm_config.to_dict(), folder, (note,)
+    return model.eval(), "ddpm", ddpm_config.to_dict(), folder, (note, *folder.notes)

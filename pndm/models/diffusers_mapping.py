@@ -195,4 +195,10 @@ def read_weights(folder: Path, allow_pickle: bool) -> tuple[dict[str, torch.Tens
             if path.suffix == ".safetensors":
                 return read_safetensors(path)[0], path
             return read_torch_state_dict(path, allow_pickle), path
+    variants = sorted(f.name for f in folder.glob("diffusion_pytorch_model.*.*")
+                      if f.suffix in (".safetensors", ".bin"))
+    if variants:
+        raise CheckpointError(
+            f"{folder}: only variant weights ({', '.join(variants)}); pndm reads {WEIGHT_FILES[0]}: save "
+            "the UNet without variant= (or copy the variant file to that name)")
     raise CheckpointError(f"{folder}: no weights found (expected {' or '.join(WEIGHT_FILES)})")
