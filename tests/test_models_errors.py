@@ -145,6 +145,14 @@ def test_unknown_names_list_the_valid_ones():
         build_model("ncsnpp", {})
 
 
+def test_missing_safetensors_file_is_not_called_corrupt(tmp_path):
+    from pndm.models.checkpoint import read_safetensors
+
+    with pytest.raises(CheckpointError) as exc:
+        read_safetensors(tmp_path / "absent.safetensors")
+    assert _one_line(exc) == f"{tmp_path / 'absent.safetensors'}: no such file; check the path"
+
+
 def test_missing_file_and_unsupported_suffix(tmp_path):
     with pytest.raises(PndmError, match="no such file"):
         load(tmp_path / "absent.ckpt")

@@ -1,5 +1,7 @@
 """User modules (MODULE:FACTORY): loading, weights, and the one-line errors for bad modules."""
 
+import re
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -47,6 +49,9 @@ def test_without_weights_the_initialisation_is_reproducible(nets):
     ("not_a_module", "make_it() returned int, not a torch.nn.Module"),
     ("broken", "broken() raised RuntimeError: out of coffee"),
     ("absent", "has no callable 'absent'"),
+    ("varargs", "forward(*args, **kwargs) does not name its inputs, which torch.export needs; define "
+                "forward(x, t)"),
+    ("class_conditional", "forward(x, t, class_labels) takes class_labels: pass --num-classes K"),
 ])
 def test_bad_modules_are_one_line(nets, factory, problem):
     if factory == "not_a_module":
@@ -75,3 +80,33 @@ def test_bad_weights_and_image_shape(nets, tmp_path):
         load_module(f"{nets}:make", image_shape=(3, 8, 8), weights=tmp_path / "w.safetensors")
     with pytest.raises(PndmError, match="raised RuntimeError.*check --image-shape"):
         load_module(f"{nets}:make", image_shape=(5, 8, 8))
+
+
+def test_weights_of_a_data_parallel_model_load(nets, tmp_path):
+    model, _ = load_module(f"{nets}:make", image_shape=(3, 8, 8))
+    weights = tmp_path / "ddp.safetensors"
+    save_file({f"module.{k}": v + 1.0 for k, v in model.state_dict().items()}, str(weights))
+    loaded, _ = load_module(f"{nets}:make", image_shape=(3, 8, 8), weights=weights)
+    assert torch.equal(loaded.inp.weight, model.inp.weight + 1.0)
+
+
+def test_weights_that_do_not_fit_blame_the_module_not_a_config(nets, tmp_path):
+    model, _ = load_module(f"{nets}:make", image_shape=(3, 8, 8))
+    weights = tmp_path / "w.safetensors"
+    save_file({**model.state_dict(), "inp.bias": torch.zeros(5)}, str(weights))
+    with pytest.raises(PndmError) as exc:
+        load_module(f"{nets}:make", image_shape=(3, 8, 8), weights=weights)
+    assert "the module's parameters do not match these weights" in str(exc.value)
+    assert "config" not in str(exc.value)
+    with pytest.raises(PndmError, match="nope.safetensors: no such file; check the path"):
+        load_module(f"{nets}:make", image_shape=(3, 8, 8), weights=tmp_path / "nope.safetensors")
+
+
+@pytest.mark.parametrize("options, problem", [
+    ({"sigma_min": 0.01, "sigma_max": 5.0}, "--sigma-min/--sigma-max need --denoiser sigma"),
+    ({"denoiser": "sigma", "prediction": "epsilon"}, "a sigma denoiser predicts x0 (sample)"),
+    ({"denoiser": "sigma", "prediction": "v_prediction"}, "a sigma denoiser predicts x0 (sample)"),
+])
+def test_options_that_do_not_apply_are_refused(nets, options, problem):
+    with pytest.raises(PndmError, match=re.escape(problem)):
+        load_module(f"{nets}:make", image_shape=(3, 8, 8), **options)

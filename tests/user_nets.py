@@ -48,4 +48,32 @@ NETS = textwrap.dedent('''
 
     def broken():
         raise RuntimeError("out of coffee")
+
+
+    def varargs():
+        class Net(TinyNet):
+            def forward(self, *args, **kwargs):
+                return super().forward(*args)
+        return Net()
+
+
+    def class_conditional():
+        class Net(TinyNet):
+            def forward(self, x, t, class_labels):
+                return super().forward(x, t) + class_labels[:, None, None, None]
+        return Net()
+
+
+    def branch():
+        class Net(TinyNet):
+            def forward(self, x, t):
+                return super().forward(x, t) * (2 if t.max() > 500 else 1)
+        return Net()
+
+
+    def item():
+        class Net(TinyNet):
+            def forward(self, x, t):
+                return super().forward(x, t) * (float(t[0].item()) / 1000)
+        return Net()
 ''')

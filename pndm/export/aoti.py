@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pndm.errors import PndmError
 from pndm.export.batch import BatchRange
-from pndm.export.onnx_export import batch_dynamic_shapes, example_inputs, quiet_exporter
+from pndm.export.onnx_export import example_inputs, quiet_exporter, trace
 from pndm.export.precision import engine_module
 from pndm.fileio import atomic_path
 
@@ -33,16 +32,7 @@ def compile_aoti(model: nn.Module, image_shape: tuple[int, int, int], batch: Bat
         module = (copy.deepcopy(module) if module is model else module).to(device)
     inputs = tuple(value.to(device) for value in example_inputs(image_shape, num_classes=num_classes))
     with torch.no_grad(), quiet_exporter():
-        try:
-            program = torch.export.export(module, inputs,
-                                          dynamic_shapes=batch_dynamic_shapes(batch, num_classes))
-        except torch._dynamo.exc.UserError as e:  # e.g. the model only traces for part of the batch range
-            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-            hint = next((line for line in lines if line.startswith("batch =")), "")
-            raise PndmError(
-                f"torch.export cannot compile this model for batch {batch.min}..{batch.max} ({lines[0][:160]}"
-                f"{'; it suggests ' + hint if hint else ''}): narrow --batch, or use the ONNX engines "
-                "(--precision fp16)") from e
+        program = trace(module, inputs, batch, num_classes)
         with atomic_path(path) as tmp:
             package = tmp.with_suffix(".pt2")  # the packager insists on the .pt2 suffix
             try:

@@ -11,7 +11,7 @@ import click
 from pndm.cli import debug_option
 from pndm.errors import PndmError
 from pndm.export.batch import DEFAULT_BATCH
-from pndm.export.onnx_export import DEFAULT_OPSET
+from pndm.export.onnx_export import DEFAULT_OPSET, opset_range
 from pndm.export.tensorrt import DEFAULT_OPTIMIZATION_LEVEL
 from pndm.models.cli_options import load_with_options, model_options
 
@@ -51,7 +51,8 @@ def load_source(model: str | None, checkpoint: str | None, random_init: bool, tr
                    "(default ~/.cache/pndm/models). Default: the embedded default model.")
 @click.option("--checkpoint", default=None,
               help="Weights to export instead of a named model: .ckpt/.pt/.pth, .safetensors (+ .json "
-                   "config), or a diffusers UNet2DModel folder.")
+                   "config), a diffusers UNet2DModel folder, or a diffusers pipeline folder (its "
+                   "scheduler gives the schedule and prediction type).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output directory (created if needed; only the files this run produces are replaced).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8", "fp8"]), default="fp32",
@@ -80,7 +81,8 @@ def load_source(model: str | None, checkpoint: str | None, random_init: bool, tr
                    "CUDA device.")
 @click.option("--batch", "batch_text", default=DEFAULT_BATCH, show_default=True,
               help="Batch range MIN:OPT:MAX the engines accept (TensorRT optimizes for OPT).")
-@click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset (17-25 work).")
+@click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True,
+              help="ONNX opset, {}-{} (the newest this onnx knows).".format(*opset_range()))
 @click.option("--trt", "trt_mode", type=click.Choice(["auto", "on", "off"]), default="auto",
               show_default=True,
               help="TensorRT plan: auto builds it when TensorRT and a CUDA device are present, on requires "

@@ -1,9 +1,11 @@
 """ONNX export with torch 2.13's dynamo exporter: inputs ``x``, ``t``, output ``eps``, dynamic batch.
 
-The exporter's defaults are changed in two places: the file is self-contained (no
-``.onnx.data`` beside it; graphs over protobuf's 2 GB limit are refused), and the opset it
+The exporter's defaults are changed in three places: the file is self-contained (no
+``.onnx.data`` beside it; graphs over protobuf's 2 GB limit are refused), the opset it
 actually produced is checked, because torch silently falls back to opset 18 when it cannot
-convert to the one asked.
+convert to the one asked, and the graph comes from non-strict ``torch.export`` alone
+(:func:`trace`): the exporter's fallback to strict mode can bake a value that forward computed
+from its inputs (``t.item()``) into a constant, a graph that differs from the model.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import onnx
 import torch
 from torch import nn
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
 from pndm.errors import PndmError
 from pndm.export.batch import BatchRange
@@ -28,6 +31,7 @@ INPUT_NAMES = ("x", "t")
 OUTPUT_NAMES = ("eps",)
 PROTOBUF_LIMIT = 2 * 1024**3
 EXAMPLE_BATCH = 2  # not 0 or 1, which torch.export would specialize
+QUIET_LOGGERS = ("torch.onnx", "torch.fx.experimental.symbolic_shapes")
 
 
 def example_inputs(image_shape: tuple[int, int, int], batch: int = EXAMPLE_BATCH,
@@ -49,24 +53,54 @@ def batch_dynamic_shapes(batch: BatchRange, num_classes: int | None = None) -> t
     return ({0: dim},) * (2 if num_classes is None else 3)
 
 
+def opset_range() -> tuple[int, int]:
+    """(oldest, newest) opset ``--opset`` accepts: :data:`MIN_OPSET` to the newest the installed onnx has."""
+    return MIN_OPSET, onnx.defs.onnx_opset_version()
+
+
 def check_opset(opset: int) -> None:
-    newest = onnx.defs.onnx_opset_version()
-    if not MIN_OPSET <= opset <= newest:
-        raise PndmError(f"opset {opset} is not supported: choose --opset between {MIN_OPSET} and {newest}")
+    oldest, newest = opset_range()
+    if not oldest <= opset <= newest:
+        raise PndmError(f"opset {opset} is not supported: choose --opset between {oldest} and {newest}")
+
+
+def trace(module: nn.Module, inputs: tuple[torch.Tensor, ...], batch: BatchRange,
+          num_classes: int | None = None) -> torch.export.ExportedProgram:
+    """Non-strict ``torch.export`` of ``module`` on ``inputs`` with a dynamic batch axis; a forward that
+    torch.export cannot trace for the batch range, or whose Python control flow depends on tensor
+    values, raises PndmError (the original error is its cause, shown by ``--debug``)."""
+    try:
+        return torch.export.export(module, inputs, dynamic_shapes=batch_dynamic_shapes(batch, num_classes))
+    except GuardOnDataDependentSymNode as e:
+        first = str(e).strip().splitlines()[0].split(" (")[0]
+        raise PndmError(
+            f"torch.export cannot trace the model: a Python branch or conversion in forward depends on "
+            f"tensor values ({first[:120]}); keep them tensors: torch.where instead of if, no "
+            ".item()/float()/int()/.numpy() on them") from e
+    except torch._dynamo.exc.UserError as e:  # e.g. the model only traces for part of the batch range
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        hint = next((line for line in lines if line.startswith("batch =")), "")
+        raise PndmError(
+            f"torch.export cannot trace this model for batch {batch.min}..{batch.max} ({lines[0][:160]}"
+            f"{'; it suggests ' + hint if hint else ''}): narrow --batch") from e
 
 
 @contextlib.contextmanager
 def quiet_exporter():
-    """Silence the exporter's progress prints, warnings and its 'torchvision is not installed' log lines."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """Silence the exporter's progress prints, warnings, its 'torchvision is not installed' log lines, and
+    the partial FX graph and log lines torch.export prints on stderr when it fails."""
+    loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with (warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()),
+              contextlib.redirect_stderr(io.StringIO())):
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def export_onnx(module: nn.Module, image_shape: tuple[int, int, int], batch: BatchRange,
@@ -78,9 +112,8 @@ def export_onnx(module: nn.Module, image_shape: tuple[int, int, int], batch: Bat
     names = [*INPUT_NAMES, *(["class_labels"] if num_classes is not None else [])]
     with torch.no_grad(), quiet_exporter():
         program = torch.onnx.export(
-            module, inputs, input_names=names, output_names=list(OUTPUT_NAMES),
-            dynamic_shapes=batch_dynamic_shapes(batch, num_classes), opset_version=opset, dynamo=True,
-            external_data=False, verbose=False,
+            trace(module, inputs, batch, num_classes), input_names=names, output_names=list(OUTPUT_NAMES),
+            opset_version=opset, dynamo=True, external_data=False, verbose=False,
         )
     model = program.model_proto
     produced = opset_of(model)

@@ -69,8 +69,10 @@ def _unreadable(path: Path, exc: Exception) -> CheckpointError:
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, header metadata) of a safetensors file; a corrupt file raises CheckpointError."""
+    """(tensors, header metadata) of a safetensors file; a missing or corrupt file raises CheckpointError."""
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file; check the path")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             header = f.metadata() or {}

@@ -131,7 +131,7 @@ def load_with_options(opts: dict, load_other):
         if shape is None:
             raise PndmError("--module needs --image-shape C,H,W (the images the network works on)")
         return load_module(opts["module"], image_shape=shape, weights=opts["weights"], schedule=schedule,
-                           prediction=opts["prediction"] or "epsilon", num_classes=opts["num_classes"],
+                           prediction=opts["prediction"], num_classes=opts["num_classes"],
                            denoiser=opts["denoiser"], sigma_min=opts["sigma_min"],
                            sigma_max=opts["sigma_max"])
     if opts["denoiser"] != "eps":

@@ -31,7 +31,8 @@ def detect_layout(state: dict[str, torch.Tensor], path: Path | str) -> str:
             return layout
     raise CheckpointError(
         f"{path}: not a DDPM / iDDPM / diffusers UNet state dict (none of {', '.join(LAYOUT_KEYS)} "
-        f"present; first keys: {', '.join(list(state)[:3])})"
+        f"present; first keys: {', '.join(list(state)[:3])}); for your own network, use --module "
+        "file.py:factory --weights FILE"
     )
 
 

@@ -82,9 +82,14 @@ def unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"{path}: not a model state dict (entries {', '.join(map(str, not_tensors[:3]))} are not tensors)"
         )
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return dict(obj)
+    return strip_module_prefix(obj)
+
+
+def strip_module_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` without the ``module.`` prefix that DataParallel/DDP put on every key (if all have it)."""
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return dict(state)
 
 
 def read_torch_state_dict(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
@@ -96,8 +101,10 @@ def _names(keys: list[str], limit: int = 3) -> str:
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path | str, what: str) -> None:
-    """``load_state_dict(strict=True)`` with one-line errors naming the first offending keys/tensor."""
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path | str, what: str,
+              mismatch: str = "the config does not match these weights") -> None:
+    """``load_state_dict(strict=True)`` with one-line errors naming the first offending keys/tensor;
+    ``mismatch`` says why keys or shapes differ (a model without a config words it otherwise)."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -108,7 +115,7 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path | str
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys: {_names(unexpected)}")
         raise CheckpointError(
-            f"{path}: does not fit the {what} ({'; '.join(parts)}); check the config/architecture"
+            f"{path}: does not fit the {what} ({'; '.join(parts)}); {mismatch}"
         )
     for name, ref in expected.items():
         if ref.is_floating_point() and not state[name].is_floating_point():
@@ -119,6 +126,6 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path | str
         if tuple(state[name].shape) != tuple(ref.shape):
             raise CheckpointError(
                 f"{path}: tensor {name} has shape {tuple(state[name].shape)} but the {what} expects "
-                f"{tuple(ref.shape)}; the config does not match these weights"
+                f"{tuple(ref.shape)}; {mismatch}"
             )
     model.load_state_dict(state)  # copies into the model's float32 parameters

@@ -26,7 +26,7 @@ from pndm.errors import CheckpointError, PndmError
 from pndm.fileio import sha256_file
 from pndm.models.checkpoint import read_safetensors
 from pndm.models.spec import ModelSpec
-from pndm.models.state_dicts import load_into
+from pndm.models.state_dicts import load_into, strip_module_prefix
 from pndm.prediction import check_prediction
 from pndm.schedules import ScheduleSpec
 
@@ -107,16 +107,22 @@ def build_user_module(spec: str) -> nn.Module:
 
 
 def _check_signature(model: nn.Module, spec: str, num_classes: int | None, time: str = "t") -> None:
+    """``forward`` must name its inputs (x, t[, class_labels]) as positional parameters: torch.export
+    maps the inputs to them by position, which ``*args``/``**kwargs`` do not allow."""
     wanted = 3 if num_classes else 2
     params = list(inspect.signature(model.forward).parameters.values())
-    if any(p.kind is p.VAR_POSITIONAL for p in params):
-        return
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     required = [p for p in positional if p.default is p.empty]
     call = f"forward(x, {time}, class_labels)" if num_classes else f"forward(x, {time})"
+    names = ", ".join({p.VAR_POSITIONAL: "*", p.VAR_KEYWORD: "**"}.get(p.kind, "") + p.name for p in params)
+    what = "t (B,) float32 timesteps" if time == "t" else "sigma (B,) float32 noise levels"
+    if not num_classes and len(required) == 3:
+        raise PndmError(f"--module {spec!r}: forward({names}) takes {required[2].name}: pass --num-classes K "
+                        "(the number of classes)")
+    if len(positional) < wanted and any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+        raise PndmError(f"--module {spec!r}: forward({names}) does not name its inputs, which torch.export "
+                        f"needs; define {call} (x (B,C,H,W) float32, {what})")
     if len(positional) < wanted or len(required) > wanted:
-        names = ", ".join(p.name for p in params)
-        what = "t (B,) float32 timesteps" if time == "t" else "sigma (B,) float32 noise levels"
         raise PndmError(f"--module {spec!r}: forward({names}) does not take ({call[8:-1]}); define {call} "
                         f"(x (B,C,H,W) float32, {what})")
 
@@ -142,28 +148,32 @@ def probe(model: nn.Module, spec: str, image_shape: tuple[int, int, int], num_cl
 
 
 def load_module(spec: str, *, image_shape: tuple[int, int, int], weights: str | Path | None = None,
-                schedule: ScheduleSpec | None = None, prediction: str = "epsilon",
+                schedule: ScheduleSpec | None = None, prediction: str | None = None,
                 num_classes: int | None = None, denoiser: str = "eps", sigma_min: float | None = None,
                 sigma_max: float | None = None) -> tuple[nn.Module, ModelSpec]:
     """(model in eval mode, ModelSpec) for the user's ``MODULE:FACTORY`` (module doc).
 
     ``weights``: a ``.safetensors`` state dict loaded strictly into the built module (else the
     factory's own initialisation, under ``torch.manual_seed(0)`` so it can be rebuilt, is exported).
-    ``schedule``: the training schedule (default linear 1e-4..0.02, T=1000). ``num_classes``: set
-    for class-conditional models.
+    ``schedule``: the training schedule (default linear 1e-4..0.02, T=1000). ``prediction``: what
+    forward returns (default epsilon). ``num_classes``: set for class-conditional models.
 
     ``denoiser="sigma"``: the module is an EDM-style ``forward(x, sigma[, class_labels]) -> D``
     (:mod:`pndm.models.sigma_denoiser`); its schedule comes from the sigma range (the module's own
     ``sigma_min``/``sigma_max`` attributes clamped to EDM's 0.002..80, or the arguments), and its
     prediction is ``sample``.
     """
-    check_prediction(prediction)
+    if prediction is not None:
+        check_prediction(prediction)
     if denoiser not in ("eps", "sigma"):
         raise PndmError(f"unknown denoiser kind {denoiser!r}; choose eps (forward(x, t)) or sigma "
                         "(forward(x, sigma))")
-    if denoiser == "sigma" and (schedule is not None or prediction not in ("epsilon", "sample")):
-        raise PndmError("a sigma denoiser predicts x0 over its sigma range: drop --schedule/--prediction, "
-                        "give --sigma-min/--sigma-max")
+    if denoiser == "sigma" and (schedule is not None or prediction not in (None, "sample")):
+        raise PndmError("a sigma denoiser predicts x0 (sample) over its sigma range: drop --schedule/"
+                        "--prediction, give --sigma-min/--sigma-max")
+    if denoiser != "sigma" and (sigma_min is not None or sigma_max is not None):
+        raise PndmError("--sigma-min/--sigma-max need --denoiser sigma (they set a sigma denoiser's noise "
+                        "range): add it, or drop them")
     if len(image_shape) != 3 or not all(isinstance(s, int) and s > 0 for s in image_shape):
         raise PndmError(f"image shape {image_shape!r} is not C,H,W with positive integers; e.g. 3,32,32")
     if num_classes is not None and num_classes < 1:
@@ -176,7 +186,8 @@ def load_module(spec: str, *, image_shape: tuple[int, int, int], weights: str | 
         if path.suffix != ".safetensors":
             raise CheckpointError(f"--weights {weights}: give a .safetensors file (torch pickles can carry "
                                   "code)")
-        load_into(model, read_safetensors(path)[0], path, f"module {canonical}")
+        load_into(model, strip_module_prefix(read_safetensors(path)[0]), path, f"module {canonical}",
+                  mismatch="the module's parameters do not match these weights")
         sha = sha256_file(path)
         files[str(path)] = sha
     module = parse_module_spec(canonical)[0]
@@ -192,6 +203,7 @@ def load_module(spec: str, *, image_shape: tuple[int, int, int], weights: str | 
         config.update(sigma_cfg)
         prediction = "sample"
     else:
+        prediction = prediction or "epsilon"
         _check_signature(model, spec, num_classes)
     probe(model, spec, tuple(image_shape), num_classes)
     schedule = schedule or ScheduleSpec("linear")
