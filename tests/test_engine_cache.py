@@ -64,6 +64,57 @@ def test_a_tampered_entry_is_rebuilt_not_used(engine_dir, cache_dir):
     torch.testing.assert_close(again, reference, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("blocked", ["cache is a file", "entry is a file"])
+def test_a_cache_that_cannot_be_written_is_skipped_not_blamed_on_the_engine(engine_dir, cache_dir, blocked,
+                                                                            capsys):
+    """A read-only/full disk or a file in the way: the engine loads without the cache, run.json's
+    cache says why, one note on stderr; a file where one entry goes is replaced by the entry."""
+    from pndm.runtime import engine_cache
+
+    reference = _eps(load_engine(engine_dir / "unet.onnx", "cpu", threads=1))
+    (entry,) = (cache_dir / "engines" / "onnxruntime").iterdir()
+    shutil.rmtree(cache_dir)
+    if blocked == "cache is a file":
+        cache_dir.write_text("not a folder")
+    else:
+        entry.parent.mkdir(parents=True)
+        entry.write_text("not an entry")
+    take_cache_events()
+    engine_cache._NOTED.clear()
+    for _ in range(2):
+        torch.testing.assert_close(_eps(load_engine(engine_dir / "unet.onnx", "cpu", threads=1)), reference,
+                                   rtol=0, atol=1e-6)
+    events = take_cache_events()
+    if blocked == "cache is a file":
+        assert [e["status"] for e in events] == ["unavailable", "unavailable"]
+        assert "Not a directory" in events[0]["reason"]
+        assert capsys.readouterr().err.count("engine cache") == 1  # said once per process
+    else:
+        assert [(e["status"], e.get("reason")) for e in events] == [("rebuilt", "incomplete"), ("hit", None)]
+
+
+def test_aoti_cache_on_a_disk_that_fails_loads_a_private_copy(monkeypatch):
+    import io
+    import zipfile
+
+    from pndm.runtime import engine_cache
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(engine_cache, "cached_folder", full)
+    monkeypatch.setattr(torch._C._aoti, "AOTIModelPackageLoader",
+                        lambda path, *args: ("loader", Path(path).name))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as package:
+        package.writestr("unet/data/aotinductor/model/a.so", b"")
+    runner, private = engine_cache.aoti_runner(buffer.getvalue(), "0" * 64, torch.device("cpu"))
+    shutil.rmtree(private)
+    assert runner == ("loader", "unet.pt2")
+    (event,) = take_cache_events()
+    assert (event["kind"], event["status"]) == ("aoti", "unavailable") and "No space" in event["reason"]
+
+
 def test_a_changed_source_gets_its_own_entry(engine_dir, tmp_path, cache_dir):
     load_engine(engine_dir / "unet.onnx", "cpu", threads=1)
     other = tmp_path / "other"

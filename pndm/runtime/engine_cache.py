@@ -11,6 +11,10 @@ may be loaded at all is decided before the cache is consulted.
 
 Every decision is recorded (:func:`take_cache_events`: ``hit``, ``built``, ``rebuilt`` with the
 reason) and ends up in run.json's ``cache``. Deleting the folder is always safe.
+
+The cache only saves time: where it cannot be used (a read-only or full disk, ``$PNDM_CACHE_DIR``
+a file), the engine loads without it, the decision is ``unavailable`` with the reason, and one
+note says so on stderr; only an engine that also fails to load without the cache is an error.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import importlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +34,7 @@ from pndm.trust import cache_root
 
 ENTRY_RECORD = "entry.json"
 _EVENTS: list[dict] = []
+_NOTED: list[bool] = []  # the stderr note of cache_unavailable was printed in this process
 
 
 def take_cache_events() -> list[dict]:
@@ -79,8 +85,10 @@ def cached_folder(kind: str, key: str, build: Callable[[Path], object]) -> tuple
             p.relative_to(building).as_posix(): sha256_file(p) for p in building.rglob("*") if p.is_file()
         }
         (building / ENTRY_RECORD).write_text(json.dumps({"key": key, "files": files}, indent=1) + "\n")
-        if final.exists():
+        if final.is_dir():
             shutil.rmtree(final)
+        elif final.exists():  # a file where the entry goes
+            final.unlink()
         try:
             os.rename(building, final)
         except OSError:  # another process put a complete entry there first: use it if it is intact
@@ -95,6 +103,17 @@ def cached_folder(kind: str, key: str, build: Callable[[Path], object]) -> tuple
         event.update(status="rebuilt", reason=problem)
     _EVENTS.append(event)
     return final, value
+
+
+def cache_unavailable(kind: str, key: str, error: BaseException) -> None:
+    """Record that the (``kind``, ``key``) entry could not be used or made (``error``), and say once
+    per process on stderr that engines load without the cache."""
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    _EVENTS.append({"kind": kind, "key": key, "status": "unavailable", "reason": reason})
+    if not _NOTED:
+        _NOTED.append(True)
+        print(f"note: the engine cache in {cache_root() / 'engines'} cannot be used ({reason}); loading "
+              "without it (slower starts). Set PNDM_CACHE_DIR to a writable folder to cache", file=sys.stderr)
 
 
 def cpu_fingerprint() -> str:
@@ -135,7 +154,12 @@ def onnxruntime_session(path: str | os.PathLike, source_sha256: str, options, pr
         finally:
             options.optimized_model_filepath = ""
 
-    folder, session = cached_folder("onnxruntime", key, build)
+    try:
+        folder, session = cached_folder("onnxruntime", key, build)
+    except Exception as error:  # noqa: BLE001 - ORT reports a full disk as INVALID_PROTOBUF, not OSError
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)  # the engine's
+        cache_unavailable("onnxruntime", key, error)  # own fault raises above; this one was the cache's
+        return session
     if session is None:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         optimized = str(folder / OPTIMIZED_ONNX)
@@ -213,19 +237,7 @@ def aoti_runner(data: bytes, source_sha256: str, device):
     payload = [m for m in names if AOTI_MODEL_DIR in m and not m.endswith(AOTI_SOURCE_SUFFIXES)]
     weights_apart = any("/data/weights/" in f"/{m}" or "/data/constants/" in f"/{m}" for m in names)
     if device.type == "cuda" or len(payload) != 1 or not payload[0].endswith(".so") or weights_apart:
-        if device.type == "cuda":
-            before_cuda_package_load()
-        private = Path(tempfile.mkdtemp(prefix="pndm-aoti-"))
-        try:
-            (private / "unet.pt2").write_bytes(data)
-            index = device.index if device.type == "cuda" and device.index is not None else -1
-            with _temp_dir_of_native_code(private):
-                loader = torch._C._aoti.AOTIModelPackageLoader(str(private / "unet.pt2"), "model", True, 1,
-                                                               index)
-            return loader, private
-        except BaseException:
-            shutil.rmtree(private, ignore_errors=True)
-            raise
+        return _private_package_loader(data, device)
     key = f"{source_sha256}-torch{torch.__version__}"
 
     def build(folder: Path) -> None:
@@ -233,5 +245,29 @@ def aoti_runner(data: bytes, source_sha256: str, device):
             with open(folder / "model.so", "wb") as target:
                 shutil.copyfileobj(source, target, 1 << 20)
 
-    folder, _ = cached_folder("aoti", key, build)
+    try:
+        folder, _ = cached_folder("aoti", key, build)
+    except OSError as error:  # the cache's disk, not the package: load a private copy instead
+        runner = _private_package_loader(data, device)
+        cache_unavailable("aoti", key, error)
+        return runner
     return torch._C._aoti.AOTIModelContainerRunnerCpu(str(folder / "model.so"), 1), None
+
+
+def _private_package_loader(data: bytes, device):
+    """(torch's C++ package loader for a private copy of ``data``, that copy's folder): see
+    :func:`aoti_runner`."""
+    import torch
+
+    if device.type == "cuda":
+        before_cuda_package_load()
+    private = Path(tempfile.mkdtemp(prefix="pndm-aoti-"))
+    try:
+        (private / "unet.pt2").write_bytes(data)
+        index = device.index if device.type == "cuda" and device.index is not None else -1
+        with _temp_dir_of_native_code(private):
+            loader = torch._C._aoti.AOTIModelPackageLoader(str(private / "unet.pt2"), "model", True, 1, index)
+        return loader, private
+    except BaseException:
+        shutil.rmtree(private, ignore_errors=True)
+        raise
