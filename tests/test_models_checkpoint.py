@@ -40,6 +40,14 @@ def test_roundtrip_and_json_beside(tmp_path):
     assert (spec.schedule, spec.T, spec.source_kind, spec.path) == ("quad", 500, "checkpoint", str(path))
 
 
+def test_a_relative_checkpoint_path_is_recorded_absolute(tmp_path, monkeypatch):
+    """The manifest's source path must find the checkpoint from any working directory (pndm-run check)."""
+    save_checkpoint(tmp_path / "run" / "ema.safetensors", build_model("ddpm", TINY).state_dict(), _config())
+    monkeypatch.chdir(tmp_path)
+    _, spec = load("run/ema.safetensors")
+    assert spec.path == str(tmp_path.resolve() / "run" / "ema.safetensors")
+
+
 def test_embedded_config_used_when_json_is_missing(tmp_path):
     model = build_model("ddpm", TINY)
     path = save_checkpoint(tmp_path / "m.safetensors", model.state_dict(), _config())

@@ -85,3 +85,15 @@ def test_options_that_need_a_module(tmp_path):
     (tmp_path / "betas.txt").write_text("0.1\n0.2\nnot-a-number\n")
     with pytest.raises(PndmError, match="not a list of numbers"):
         load_with_options({**opts, "image_shape": None, "betas": tmp_path / "betas.txt"}, lambda **_: None)
+
+
+def test_reference_of_the_default_model_must_be_the_exported_weights(tmp_path):
+    """The default (or a named) model found through the manifest is refused when its weights are not the
+    ones the engine was exported from: an engine FAIL would blame the wrong thing."""
+    _, spec = load("default")
+    manifest = _manifest(spec)
+    assert manifest.model.source.kind == "default" and manifest.model.source.sha256 == spec.sha256
+    assert find_reference(_Candidate(manifest, tmp_path / "unet.onnx"), device="cpu").precision == "fp32"
+    manifest.model.source.sha256 = "0" * 64
+    with pytest.raises(EngineError, match="weights .* are not the ones this engine was exported"):
+        find_reference(_Candidate(manifest, tmp_path / "unet.onnx"), device="cpu")

@@ -65,7 +65,7 @@ def _spec(parsed: ParsedConfig, source: str, kind: str, *, path: Path | None = N
         source=source,
         source_kind=kind,
         sha256=sha256,
-        path=str(path) if path is not None else None,
+        path=str(Path(path).resolve()) if path is not None else None,
         notes=notes,
     )
 

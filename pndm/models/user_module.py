@@ -211,7 +211,7 @@ def load_module(spec: str, *, image_shape: tuple[int, int, int], weights: str | 
     model_spec = ModelSpec(
         architecture="module", config=config, image_shape=tuple(image_shape),
         schedule=schedule.name, T=schedule.T, schedule_spec=schedule, source=described, source_kind="module",
-        sha256=sha, path=str(path) if path else None, prediction=prediction, num_classes=num_classes,
-        files=files, module=canonical,
+        sha256=sha, path=str(Path(path).resolve()) if path else None, prediction=prediction,
+        num_classes=num_classes, files=files, module=canonical,
     )
     return model, model_spec

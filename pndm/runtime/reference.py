@@ -56,6 +56,20 @@ def _module_reference(manifest: Manifest, device) -> Engine:
     return torch_engine(model, spec, source.spec, device)
 
 
+def _named_reference(name: str, manifest: Manifest, device) -> Engine:
+    """The embedded default or a named model, refused unless its weights are the ones the engine was
+    exported from (``model.source.sha256``)."""
+    from pndm.models import load
+
+    model, spec = load(name, **_overrides(manifest))
+    recorded = manifest.model.source.sha256
+    if recorded and spec.sha256 and spec.sha256 != recorded:
+        raise EngineError(
+            f"the {name} model's weights ({spec.path or name}) are not the ones this engine was exported "
+            "from (SHA-256 differs): re-export the engine from them, or pass reference= the original weights")
+    return torch_engine(model, spec, name, device)
+
+
 def find_reference(
     candidate: Engine, given: str | None = None, device="auto", threads: int | None = None
 ) -> Engine:
@@ -77,9 +91,9 @@ def find_reference(
         return load_torch_model(engine_dir / manifest.reference, device, **_overrides(manifest))
     source = manifest.model.source
     if source.kind == "default":
-        return load_torch_model("default", device, **_overrides(manifest))
+        return _named_reference("default", manifest, device)
     if source.kind == "named" and source.name:
-        return load_torch_model(source.name, device, **_overrides(manifest))
+        return _named_reference(source.name, manifest, device)
     if source.kind == "checkpoint" and source.path:
         path = Path(source.path)
         if not path.exists():
