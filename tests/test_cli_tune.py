@@ -52,6 +52,9 @@ def test_tune_prints_the_table_and_writes_a_recipe_for_this_engine(tuned_engine)
         and "| ipndm | quad | 5 | 5 |" in output
     )
     assert "held-out seeds (1): tuned" in output
+    recipe_path = (folder / "recipe.json").resolve()
+    assert f"wrote {recipe_path}; sample with: pndm-run sample --engine {folder / 'unet.onnx'} --recipe " \
+        f"{recipe_path}" in output
     recipe = json.loads((folder / "recipe.json").read_text())
     assert recipe["format"] == "pndm-recipe/1" and recipe["nfe"] <= 5
     assert len(recipe["grid"]) == recipe["steps"] and recipe["grid"][0] == 999
@@ -60,6 +63,7 @@ def test_tune_prints_the_table_and_writes_a_recipe_for_this_engine(tuned_engine)
         == json.loads((folder / "manifest.json").read_text())["engines"]["unet.onnx"]["sha256"]
     )
     assert recipe["error"]["tuned"]["rmse"] <= recipe["error"]["best_fixed"]["rmse"]
+    assert recipe["kept"] in ("tuned", recipe["tuned_from"])
 
 
 @pytest.mark.slow

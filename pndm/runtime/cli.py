@@ -13,32 +13,36 @@ import torch
 
 from pndm.cli import debug_option, trust_engine_option
 from pndm.errors import PndmError
-from pndm.runtime.tune import grid_options, resolve_grid
+from pndm.runtime.tune import (
+    DEVICE_HELP,
+    ENGINE_HELP,
+    THREADS_HELP,
+    check_grid_options,
+    grid_options,
+    resolve_grid,
+)
 from pndm.validate import Device, FiniteFloat
-
-ENGINE_HELP = (
-    "Engine to run: an .onnx / .plan / .pt2 file with manifest.json beside it, an engine folder "
-    "(its unet.onnx), or a checkpoint / diffusers folder / model name (PyTorch fp32)."
-)
-THREADS_HELP = (
-    "CPU threads for torch and ONNX Runtime (default: one per physical core, shared among torchrun "
-    "processes). On a busy machine 1 can be much faster: OpenMP threads that wait for a taken core spin."
-)
-DEVICE_HELP = "cpu, cuda, cuda:N, or auto (CUDA when available, else CPU; .pt2: the device it was built for)."
 
 
 class MethodChoice(click.Choice):
-    """``--method``: the solver names, listed in ``--help``; a wrong name is a one-line error (exit 2)."""
+    """``--method``: the solver names, listed in ``--help``; a wrong name is a one-line error (exit 2).
+    ``deterministic``: only the methods that map x_T to x_0 by a fixed function."""
 
-    def __init__(self):
+    def __init__(self, deterministic: bool = False):
         from pndm.solvers import METHODS
 
-        super().__init__(sorted(METHODS), case_sensitive=False)
+        names = [m for m, info in METHODS.items() if info.deterministic or not deterministic]
+        super().__init__(sorted(names), case_sensitive=False)
 
     def convert(self, value, param, ctx):
+        from pndm.solvers import METHODS
+
         try:
             return super().convert(value, param, ctx)
         except click.BadParameter:
+            if str(value).lower() in METHODS:
+                raise PndmError(f"--method {value} is stochastic, and this command needs a deterministic "
+                                f"solver: choose one of {', '.join(self.choices)}") from None
             raise PndmError(f"unknown method {value!r}: choose one of {', '.join(self.choices)}") from None
 
 
@@ -53,7 +57,7 @@ def _json_safe(value):
     return value
 
 
-def _set_threads(threads: int | None) -> int:
+def set_threads(threads: int | None) -> int:
     """Set torch's intra-op threads (``threads``, default one per physical core); returns the count."""
     from pndm.runtime.threads import default_threads
 
@@ -217,12 +221,13 @@ def sample(
     from pndm.runtime.sampling import sample_seeds
     from pndm.runtime.seeds import dist_env, seed_list, shard_seeds
 
+    check_grid_options(method, steps, grid, recipe_path)
     env = dist_env()
     all_seeds = seed_list(seed, num)
     my_seeds = shard_seeds(all_seeds, env.rank, env.world_size)
     output = staged_output(out) if env.is_main else contextlib.nullcontext()
     with output as folder, process_group(env):
-        threads = _set_threads(threads)
+        threads = set_threads(threads)
         from pndm.runtime.engine_cache import take_cache_events
 
         take_cache_events()  # run.json records this run's cache decisions only (not earlier ones in-process)
@@ -239,7 +244,7 @@ def sample(
             from pndm.runtime.threads import default_batch
 
             batch = default_batch(max(len(my_seeds), 1), engine.batch_range, engine.device.type)
-        engine.check_batch(min(batch, num))
+        engine.check_batch(batch)  # a --batch outside the profile is refused even where -n is smaller
         method, steps, grid, grid_name = resolve_grid(engine, engine_path, method, steps, grid, recipe_path)
         recorder = None
         if save_trajectory and env.is_main:
@@ -360,12 +365,13 @@ def check(
     from pndm.runtime.reference import find_reference
     from pndm.runtime.seeds import seed_list
 
+    check_grid_options(method, steps, grid, recipe_path)
     seeds = seed_list(seed, num)
-    if json_path:
-        from pndm.runtime.outputs import prepare_out_dir
+    if json_path is not None:
+        from pndm.runtime.outputs import prepare_out_file
 
-        prepare_out_dir(Path(json_path).parent)
-    threads = _set_threads(threads)
+        prepare_out_file(json_path, "--json")
+    threads = set_threads(threads)
     candidate = load_engine(engine_path, device, threads=threads, trust=trust_engine)
     candidate.check_batch(min(batch, num))
     method, steps, grid, _ = resolve_grid(candidate, engine_path, method, steps, grid, recipe_path)
@@ -386,7 +392,7 @@ def check(
         from pndm.runtime.layerwise import format_layerwise
 
         click.echo(format_layerwise(report.layerwise))
-    if json_path:
+    if json_path is not None:
         write_json(_json_safe(report.to_dict()), Path(json_path))
     # SystemExit, not ctx.exit: click returns (not raises) ctx.exit's code under standalone_mode=False.
     sys.exit(0 if report.passed else 1)

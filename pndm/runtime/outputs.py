@@ -46,23 +46,41 @@ _NAMES = (r"(seed\d{6,}\.png|grid\.png|run\.json|samples\.npz|trajectory\.png|fr
 RUN_FILES = re.compile(rf"^({_NAMES}|\.{_NAMES}\.\w+\.tmp|\.pndm-write-test)$")
 
 
-def prepare_out_dir(out: str | os.PathLike) -> Path:
-    """Create ``out`` if needed and prove it is writable (before the work, not after)."""
-    out = Path(out)
+def _named(out: str | os.PathLike, what: str) -> Path:
+    """``out`` as a path; an empty one (which would mean the current folder) is refused."""
+    if not str(out).strip():
+        raise PndmError(f"{what} is empty: name the file or folder to write")
+    return Path(out)
+
+
+def prepare_out_dir(out: str | os.PathLike, what: str = "--out") -> Path:
+    """Create ``out`` if needed and prove it is writable (before the work, not after). ``what``: the
+    option that named it."""
+    out = _named(out, what)
     try:
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(out / ".pndm-write-test"):
             pass
         (out / ".pndm-write-test").unlink()
     except OSError as e:
-        raise _unwritable(out, e) from e
+        raise _unwritable(out, e, what) from e
     return out
 
 
-def _unwritable(out: Path, e: OSError) -> PndmError:
+def prepare_out_file(path: str | os.PathLike, what: str = "--out") -> Path:
+    """Prove before the work that the file ``path`` (option ``what``) can be written: not a folder, and
+    its folder (created if needed) writable."""
+    path = _named(path, what)
+    if path.is_dir():
+        raise PndmError(f"{what} {path} is a folder: give the path of a file to write")
+    prepare_out_dir(path.parent, what)
+    return path
+
+
+def _unwritable(out: Path, e: OSError, what: str = "--out") -> PndmError:
     if e.errno in (errno.ENOSPC, errno.EROFS):
-        return PndmError(os_error_message(e))
-    return PndmError(f"cannot write to the output folder {out} ({e.strerror or e}): choose a writable --out")
+        return PndmError(os_error_message(e, what))
+    return PndmError(f"cannot write to the output folder {out} ({e.strerror or e}): choose a writable {what}")
 
 
 def _check_run_folder(out: Path) -> None:
@@ -94,7 +112,7 @@ def staged_output(out: str | os.PathLike) -> Iterator[Path]:
     ``out`` holds only a sampling run's files. On any error or interrupt the staging folder (and
     any parent folder this call created) is removed and ``out`` is left as it was.
     """
-    out = Path(out).resolve()
+    out = _named(out, "--out").resolve()
     created = [p for p in out.parents if not p.exists()]  # innermost first
     staging = out.parent / f".{out.name}.pndm-staging-{os.getpid()}"
     try:

@@ -25,7 +25,8 @@ def seed_list(seed: int, num: int) -> list[int]:
     if seed < 0:
         raise PndmError(f"--seed must be non-negative, got {seed}")
     if seed + num - 1 > SEED_MAX:
-        raise PndmError(f"--seed {seed}: seeds up to SEED+num-1 must fit in 64 bits (at most {SEED_MAX})")
+        raise PndmError(f"--seed {seed}: this run's seeds {seed}..{seed + num - 1} must fit in 64 bits "
+                        f"(at most {SEED_MAX}): use --seed {SEED_MAX - num + 1} or less")
     return list(range(seed, seed + num))
 
 

@@ -7,21 +7,17 @@ import json
 import click
 
 from pndm.cli import debug_option, trust_engine_option
+from pndm.runtime.cli import DEVICE_HELP, THREADS_HELP, MethodChoice, set_threads
 from pndm.scoring.frechet import PR_NEIGHBOURS
+from pndm.validate import Device
 
 FEATURES_HELP = ("Feature network: 'judge' (pndm's shipped MNIST/Fashion-MNIST judge, 128-d) or "
-                 "'inception' (FID's Inception-v3, needs --inception).")
+                 "'inception' (FID's Inception-v3, needs --inception). Default: inception when --inception "
+                 "is given, else judge.")
 INCEPTION_HELP = ("FID Inception weights file (pytorch-fid's pt_inception-2015-12-05-6726825d.pth); "
                   "implies --features inception. Never downloaded.")
 REFERENCE_HELP = ("Real images: 'mnist', 'fashion-mnist', a folder, an .npz of images, an IDX file, or an "
                   ".npz of statistics (mu, sigma).")
-
-
-def _threads(threads):
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
 
 
 @click.command()
@@ -30,26 +26,29 @@ def _threads(threads):
 @click.option("--features", type=click.Choice(["judge", "inception"]), default=None, help=FEATURES_HELP)
 @click.option("--inception", type=click.Path(dir_okay=False), default=None, help=INCEPTION_HELP)
 @click.option("--pr/--no-pr", default=True, show_default=True, help="Also precision and recall (k=3).")
-@click.option("--json", "json_path", default=None, help="Also write the report to this JSON file.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
+@click.option("--json", "json_path", default=None,
+              help="Also write the report to this JSON file (default: none).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
 @debug_option
 def score(samples, reference, features, inception, pr, json_path, threads):
     """Frechet distance of SAMPLES (a sample folder, .npz or data set) to --reference, with the
     real-vs-real baseline beside it. Prints JSON."""
     from pndm.scoring.score import load_image_set, make_featurizer, reference_statistics, score_images
 
-    _threads(threads)
+    if json_path is not None:
+        from pndm.runtime.outputs import prepare_out_file
+
+        prepare_out_file(json_path, "--json")
+    set_threads(threads)
     featurizer = make_featurizer(features or ("inception" if inception else "judge"), inception)
     images = load_image_set(samples)
     ref = reference_statistics(featurizer, reference)
     report = {"samples": samples, **score_images(images, ref, featurizer, with_pr=pr)}
     text = json.dumps(report, indent=2)
-    if json_path:
-        from pathlib import Path
-
+    if json_path is not None:
         from pndm.fileio import atomic_write_text
 
-        atomic_write_text(Path(json_path), text + "\n")
+        atomic_write_text(json_path, text + "\n")
     click.echo(text)
 
 
@@ -65,9 +64,10 @@ def _int_list(ctx, param, value):
 
 @click.command()
 @click.option("--engine", "engine_paths", multiple=True, required=True,
-              help="Engine (file, folder, checkpoint or model name); repeat to compare engines of one model.")
-@click.option("--method", "methods", multiple=True, default=("f-pndm", "ddim"), show_default=True,
-              help="Solver; repeat for several.")
+              help="Engine (file, folder, checkpoint or model name); repeat to compare engines that take the "
+                   "same image shape (rows name each by its file, with parent folders where names repeat).")
+@click.option("--method", "methods", type=MethodChoice(), multiple=True, default=("f-pndm", "ddim"),
+              show_default=True, help="Solver; repeat for several.")
 @click.option("--steps", default="5,10,20,50", show_default=True, callback=_int_list,
               help="Comma-separated step counts N.")
 @click.option("--grid", "grids", multiple=True,
@@ -85,14 +85,14 @@ def _int_list(ctx, param, value):
               help="Clip every denoised estimate to [-1, 1] (docs/SOLVERS.md).")
 @click.option("--out", default="sweep", show_default=True,
               help="Output folder: sweep.json, sweep.md (table), sweep.png (plot).")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads.")
+@click.option("--device", type=Device(), default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
 @trust_engine_option
 @debug_option
 def sweep(engine_paths, methods, steps, grids, num, batch, seed, reference, features, inception, clip_x0, out,
           device, threads, progress, trust_engine):
-    """Frechet distance against NFE for methods and engines of one model: a table and a plot."""
+    """Frechet distance against NFE for methods and engines of one image shape: a table and a plot."""
     from pathlib import Path
 
     from pndm.errors import PndmError
@@ -100,30 +100,31 @@ def sweep(engine_paths, methods, steps, grids, num, batch, seed, reference, feat
     from pndm.runtime.loader import load_engine
     from pndm.runtime.outputs import staged_output
     from pndm.runtime.seeds import seed_list
+    from pndm.runtime.tune import check_steps
     from pndm.scoring.score import make_featurizer, reference_statistics
-    from pndm.scoring.sweep import format_table, plot, run_sweep
-    from pndm.solvers import METHODS
-
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise PndmError(f"unknown method {unknown[0]!r}: choose one of {', '.join(sorted(METHODS))}")
+    from pndm.scoring.sweep import engine_labels, format_table, plot, run_sweep
     from pndm.solvers.grid import parse_grid
 
+    for method in methods:  # bad options fail before any work
+        for n in steps:
+            check_steps(method, n)
     for grid in grids:
-        parse_grid(grid)  # a bad name fails before any work
-    _threads(threads)
+        parse_grid(grid)
+    seeds = seed_list(seed, num)
+    labels = engine_labels(engine_paths)
+    threads = set_threads(threads)
     with staged_output(out) as folder:  # all or nothing: the previous --out stays until the new one is whole
         featurizer = make_featurizer(features or ("inception" if inception else "judge"), inception)
         ref = reference_statistics(featurizer, reference)
         engines = {}
-        for path in engine_paths:
+        for path, label in zip(engine_paths, labels, strict=True):
             engine = load_engine(path, device, threads=threads, trust=trust_engine)
-            engines[f"{Path(path).name} ({engine.precision})"] = engine
+            engines[f"{label} ({engine.precision})"] = engine
         shapes = {e.image_shape for e in engines.values()}
         if len(shapes) > 1:
             raise PndmError(f"the engines take different image shapes {sorted(shapes)}: sweep one model at a "
                             "time")
-        result = run_sweep(engines, methods, steps, seed_list(seed, num), batch, ref, featurizer,
+        result = run_sweep(engines, methods, steps, seeds, batch, ref, featurizer,
                            grids=grids or (None,), clip_x0=clip_x0, progress=progress)
         table = format_table(result)
         atomic_write_text(folder / "sweep.json", json.dumps(result, indent=2) + "\n")

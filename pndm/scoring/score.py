@@ -114,10 +114,15 @@ def load_image_set(source: str | Path) -> torch.Tensor:
 
 
 def _is_statistics_file(path: Path) -> bool:
+    """An .npz holding ``mu`` and ``sigma`` (one that cannot be read is left to :func:`load_image_set`,
+    whose error names the problem)."""
     if path.suffix != ".npz" or not path.is_file():
         return False
-    with np.load(path, allow_pickle=False) as data:
-        return {"mu", "sigma"} <= set(data.keys())
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {"mu", "sigma"} <= set(data.keys())
+    except (OSError, ValueError):
+        return False
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Sample quality against cost: Frechet distance against NFE for methods and engines of one model.
+"""Sample quality against cost: Frechet distance against NFE for methods and engines of one image shape.
 
 Every (engine, method, steps) point samples the same seeds, so the curves differ only by solver
 and engine. The table (Markdown), the raw rows (JSON) and the plot (PNG, matplotlib: ``pndm[plot]``)
@@ -18,6 +18,21 @@ def _to_nchw_uint8(images):
     from pndm.images import to_uint8
 
     return to_uint8(images).permute(0, 3, 1, 2).contiguous()
+
+
+def engine_labels(paths: list[str]) -> list[str]:
+    """One distinct label per ``--engine``: its file name, with as many parent folders before it as it
+    takes to tell engines of the same file name apart. The same engine twice is refused."""
+    parts = [Path(p).resolve().parts if Path(p).exists() else (p,) for p in paths]
+    for path, part in zip(paths, parts, strict=True):
+        if parts.count(part) > 1:
+            raise PndmError(f"--engine {path} is given twice: give each engine once")
+
+    def labels(depth: int) -> list[str]:
+        return ["/".join(part[-depth:]) for part in parts]
+
+    longest = max(map(len, parts))
+    return labels(next((d for d in range(1, longest) if len(set(labels(d))) == len(parts)), longest))
 
 
 def run_sweep(engines: dict[str, object], methods: Iterable[str], steps: Iterable[int], seeds: list[int],

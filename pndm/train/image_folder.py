@@ -30,8 +30,9 @@ def read_npz(path: Path) -> torch.Tensor:
             if key is None:
                 raise PndmError(f"--data {path}: the .npz holds {keys}; name the image array 'images'")
             array = data[key]
-    except (OSError, ValueError) as exc:
-        raise PndmError(f"--data {path}: cannot read the .npz ({exc})") from None
+    except (OSError, ValueError):
+        raise PndmError(f"--data {path}: not a readable .npz of arrays (a damaged file, or pickled objects, "
+                        "which pndm does not load); save the images with numpy.savez") from None
     if array.dtype != np.uint8 or array.ndim not in (3, 4):
         raise PndmError(
             f"--data {path}: array '{key}' is {array.dtype} {array.shape}; "
