@@ -9,6 +9,9 @@ writable, a full disk), running out of memory or a bad option value prints ``err
 stderr and exits with code 2. Any other exception, a plain ``ValueError``/``TypeError`` included,
 is a bug and shows its traceback.
 ``--debug`` (on any command) or ``PNDM_DEBUG=1`` shows the full traceback of user errors too.
+SIGTERM (sent by ``timeout``, systemd, Kubernetes) interrupts a command as Ctrl-C (SIGINT) does, so the
+same cleanup runs (no staging folder is left behind); either prints ``Aborted!`` and exits with the
+shell's code for the signal, 128 + its number (130 for SIGINT, 143 for SIGTERM).
 
 Library errors speak in API terms: they advise ``name=value`` for a keyword argument. The CLI
 translates each such advice into the command's flag (``device='cpu'`` -> ``--device cpu``) when the
@@ -20,6 +23,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import signal
 import sys
 
 import click
@@ -80,7 +84,25 @@ def _debugging() -> bool:
     return "--debug" in sys.argv[1:] or os.environ.get("PNDM_DEBUG", "") not in ("", "0")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that every cleanup for an interrupt runs."""
+
+
+def _terminate(_signum, _frame):
+    raise Terminated
+
+
 def _run_guarded(main, *args, command: click.Command | None = None, **kwargs):
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous == signal.SIG_DFL:  # an inherited "ignore" stays
+        signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _run_command(main, *args, command=command, **kwargs)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_command(main, *args, command: click.Command | None = None, **kwargs):
     try:
         try:
             return main(*args, standalone_mode=False, **kwargs)
@@ -94,9 +116,10 @@ def _run_guarded(main, *args, command: click.Command | None = None, **kwargs):
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as e:  # click's for an interrupt (or end of input at a prompt)
         click.echo("Aborted!", err=True)
-        sys.exit(1)
+        signum = signal.SIGTERM if isinstance(e.__cause__, Terminated) else signal.SIGINT
+        sys.exit(128 + signum if isinstance(e.__cause__, KeyboardInterrupt) else 1)
     except Exception as e:
         if not (isinstance(e, USER_ERRORS) or out_of_memory(e)) or _debugging():
             raise

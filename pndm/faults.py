@@ -8,7 +8,8 @@ point, so the hook costs one dictionary lookup in normal runs. The value is
 - ``<point>``: the name passed to :func:`fault_point` (e.g. ``train.publish``, ``sample.png``);
 - ``@<n>``: fire on the n-th time the point is reached in this process (default: the first);
 - ``<action>``: ``kill`` (SIGKILL this process: no cleanup runs, as after a power cut; the default),
-  ``sigint`` (deliver SIGINT, as Ctrl-C does), ``enospc`` (raise ``OSError(ENOSPC)``, a full disk)
+  ``sigint`` (deliver SIGINT, as Ctrl-C does), ``sigterm`` (deliver SIGTERM, as ``timeout``, systemd and
+  Kubernetes do), ``enospc`` (raise ``OSError(ENOSPC)``, a full disk)
   or ``erofs`` (raise ``OSError(EROFS)``, a read-only file system).
 
 Example: ``PNDM_FAULT=train.pointer@2:kill pndm-train ...`` dies just before the second checkpoint
@@ -45,13 +46,13 @@ def fault_point(name: str, path: str | os.PathLike | None = None) -> None:
         return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
-    elif action == "sigint":
-        if callable(signal.getsignal(signal.SIGINT)):
-            os.kill(os.getpid(), signal.SIGINT)
-        else:  # SIGINT inherited as ignored (a background job of a non-interactive shell, as some CI
-            raise KeyboardInterrupt  # runners start tests): raise what Python's handler would
+    elif action == "sigint" and not callable(signal.getsignal(signal.SIGINT)):
+        # SIGINT inherited as ignored (a background job of a non-interactive shell, as some CI runners
+        raise KeyboardInterrupt  # start tests): raise what Python's handler would
+    elif action in ("sigint", "sigterm"):
+        os.kill(os.getpid(), signal.SIGINT if action == "sigint" else signal.SIGTERM)
     elif action in ("enospc", "erofs"):
         code = errno.ENOSPC if action == "enospc" else errno.EROFS
         raise OSError(code, os.strerror(code), None if path is None else str(path))
     else:
-        raise ValueError(f"{ENV}={spec}: unknown action {action!r} (kill, sigint, enospc, erofs)")
+        raise ValueError(f"{ENV}={spec}: unknown action {action!r} (kill, sigint, sigterm, enospc, erofs)")

@@ -2,7 +2,7 @@
 
 A crash or an error half-way never leaves a truncated checkpoint, engine or image
 where a user (or the next run) would pick it up. Whole folders are published the same way
-(:func:`replace_dir`), under a lock that one writer holds at a time (:func:`folder_lock`),.
+(:func:`replace_dir`), under a lock that one writer holds at a time (:func:`folder_lock`).
 """
 
 from __future__ import annotations
@@ -78,19 +78,30 @@ class FolderBusyError(PndmError):
     """Another live process holds the lock of an output folder."""
 
 
+def check_replaceable(folder: str | os.PathLike, what: str = "--out") -> None:
+    """Refuse a ``folder`` that :func:`replace_dir` could not replace (a mount point, e.g. a Docker volume:
+    no rename can replace it), before the work rather than after it."""
+    if os.path.ismount(folder):
+        raise PndmError(f"{what} {folder} is a mount point, which pndm cannot replace with the finished "
+                        f"folder; use a folder inside it, e.g. {what} {Path(folder) / 'out'}")
+
+
 def _lock_path(folder: Path) -> Path:
     return folder.parent / f".{folder.name}.pndm-lock"
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike, what: str = "--out") -> Iterator[Path]:
+def folder_lock(folder: str | os.PathLike, what: str = "--out", *, replaced: bool = True) -> Iterator[Path]:
     """Hold the lock of ``folder`` (a ``.<name>.pndm-lock`` file beside it) for the body.
 
     The lock is an ``flock`` on that file, which also holds the holder's pid: the kernel drops it
     when the holder dies, however it dies, so a stale lock file is simply taken over. A live holder
     makes this raise :class:`FolderBusyError` naming its pid. The file is removed on release.
+    ``replaced``: the holder publishes ``folder`` whole (:func:`replace_dir`): see :func:`check_replaceable`.
     """
     folder = Path(folder)
+    if replaced:
+        check_replaceable(folder, what)
     lock = _lock_path(folder)
     lock.parent.mkdir(parents=True, exist_ok=True)
     while True:

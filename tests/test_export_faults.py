@@ -1,4 +1,4 @@
-"""Fault injection for pndm-export: kills, a full disk, an interrupted swap and a concurrent export.
+"""Fault injection for pndm-export: kills, signals, a full disk, an interrupted swap and a concurrent export.
 
 Each test starts from a complete fp32 export in DIR and asserts that afterwards DIR holds exactly
 that previous state (every file and hash) or the complete new one; never a mix, never a staging
@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -105,6 +106,15 @@ def test_sigkill_keeps_the_previous_folder_and_the_next_export_cleans_up(checkpo
     assert (out / "notes.txt").read_text() == "mine" and result.files[-1] == "manifest.json"
     for name, entry in manifest.engines.items():
         assert sha256_file(out / name) == entry.sha256
+
+
+def test_sigterm_while_writing_keeps_the_previous_folder_and_leaves_nothing(checkpoint, out):
+    """SIGTERM (timeout, systemd, Kubernetes) cleans up as Ctrl-C does, with the shell's exit code."""
+    before = snapshot(out)
+    stopped = cli_export(checkpoint, out, "fp16", "write@3:sigterm")  # writing unet.fp16.onnx
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
+    assert stopped.stderr.splitlines()[-1] == "Aborted!"
+    assert snapshot(out) == before and leftovers(out) == []
 
 
 def test_disk_full_while_writing_keeps_the_previous_folder(checkpoint, out, fault):

@@ -1,7 +1,8 @@
 """``pndm-run sample`` output under faults: --out holds its previous complete run or the new one, never a mix.
 
 Faults (``PNDM_FAULT``, :mod:`pndm.faults`) hit a forked child running the command: SIGKILL and
-SIGINT while images are written or just before publishing, a full disk, a read-only file system.
+SIGINT and SIGTERM while images are written or just before publishing, a full disk, a read-only file
+system.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def test_out_with_foreign_files_is_refused_and_kept(tmp_path):
 @pytest.mark.parametrize("previous", [True, False], ids=["over-a-run", "fresh"])
 @pytest.mark.parametrize(("fault", "exit_code"), [
     ("write@2:kill", -signal.SIGKILL), ("sample.publish:kill", -signal.SIGKILL),
-    ("write@2:sigint", 1), ("sample.publish:sigint", 1),
+    ("write@2:sigint", 128 + signal.SIGINT), ("sample.publish:sigint", 128 + signal.SIGINT),
+    ("write@2:sigterm", 128 + signal.SIGTERM), ("sample.publish:sigterm", 128 + signal.SIGTERM),
     ("write@3:enospc", 2), ("write@1:erofs", 2),
 ])
 def test_a_failed_run_leaves_the_previous_state(fault, exit_code, previous, tmp_path, capfd):
@@ -169,3 +171,15 @@ def test_a_swap_interrupted_between_renames_is_undone(tmp_path, monkeypatch):
         _sample(out, num=1, seed=9)
     assert _content(out) == before
     assert _leftovers(tmp_path, out) == []
+
+
+def test_a_mount_point_out_is_refused_before_the_run(tmp_path, monkeypatch):
+    """A Docker volume as --out: the final folder swap could not replace it, so refuse at once."""
+    out = tmp_path / "volume"
+    out.mkdir()
+    monkeypatch.setattr(os.path, "ismount", lambda p: os.fspath(p) == str(out))
+    with pytest.raises(PndmError, match=f"--out {out} is a mount point.*use a folder inside it"):
+        _sample(out)
+    assert _content(out) == {} and _leftovers(tmp_path, out) == []
+    _sample(out / "run")  # ... as the message advises
+    _assert_whole(out / "run")

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 from collections import Counter
 
 import numpy as np
@@ -18,6 +19,7 @@ import pytest
 import torch
 
 from pndm import faults
+from pndm.cli import train_cli
 from pndm.errors import PndmError
 from pndm.fileio import folder_lock
 from pndm.models import load, load_checkpoint
@@ -60,14 +62,21 @@ def reference(inputs, tmp_path_factory):
     return _weights(out)
 
 
-def _forked(args, fault):
-    """Run ``pndm-train args`` in a forked child with PNDM_FAULT=fault; its wait status."""
+def _forked(args, fault, console=False):
+    """Run ``pndm-train args`` in a forked child with PNDM_FAULT=fault; its wait status. ``console``: through
+    the console entry point (its error and signal handling) instead of the bare click command."""
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         code = 0
         try:
             os.environ["PNDM_FAULT"] = fault
-            train.main(args, standalone_mode=False)
+            if console:
+                sys.argv = ["pndm-train", *args]
+                train_cli()
+            else:
+                train.main(args, standalone_mode=False)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
         except BaseException:
             code = 3
         os._exit(code)
@@ -223,10 +232,15 @@ def test_a_second_run_into_a_busy_run_folder_is_refused(inputs, tmp_path):
     assert not out.exists()
 
 
-def test_sigint_while_saving_leaves_the_previous_unit_and_no_temporary_files(inputs, tmp_path):
+@pytest.mark.parametrize(("signal_name", "console", "code"), [
+    ("sigint", False, 3),  # KeyboardInterrupt, raised in the child
+    ("sigterm", True, 128 + signal.SIGTERM),  # pndm-train turns SIGTERM into the same interrupt
+])
+def test_a_signal_while_saving_leaves_the_previous_unit_and_no_temporary_files(inputs, tmp_path, signal_name,
+                                                                                console, code):
     out = tmp_path / "run"
-    status = _forked(_args(inputs, out), f"write@{WRITES_PER_UNIT + 2}:sigint")
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 3  # KeyboardInterrupt, raised in the child
+    status = _forked(_args(inputs, out), f"write@{WRITES_PER_UNIT + 2}:{signal_name}", console)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == code
     assert read_unit(out)[0] == EVERY
     assert [p.name for p in (out / "checkpoints").iterdir()] == [f"step_{EVERY:07d}"]
     assert not list(out.parent.glob(".*pndm-lock"))

@@ -6,10 +6,13 @@ data (forward-process pairs for random weights). See :mod:`pndm.calibration.pair
 
 from pndm.calibration.pairs import (
     CalibrationSet,
+    check_method,
     collect_pairs,
     forward_process_pairs,
     load_pairs,
     save_pairs,
 )
 
-__all__ = ["CalibrationSet", "collect_pairs", "forward_process_pairs", "load_pairs", "save_pairs"]
+__all__ = [
+    "CalibrationSet", "check_method", "collect_pairs", "forward_process_pairs", "load_pairs", "save_pairs",
+]

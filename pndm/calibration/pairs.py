@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from tqdm import tqdm
 
 from pndm.errors import PndmError
@@ -45,6 +45,14 @@ class CalibrationSet:
         return int(self.t.numel())
 
 
+def check_method(method: str) -> None:
+    """Refuse a calibration ``method`` that is no solver of :mod:`pndm.solvers`."""
+    from pndm.solvers import METHODS
+
+    if method not in METHODS:
+        raise PndmError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
+
+
 @torch.no_grad()
 def collect_pairs(eps, image_shape: tuple[int, int, int], schedule, *, method: str = DEFAULT_METHOD,
                   steps: int = DEFAULT_STEPS, count: int = DEFAULT_COUNT, seed: int = 0,
@@ -57,8 +65,7 @@ def collect_pairs(eps, image_shape: tuple[int, int, int], schedule, *, method: s
     """
     from pndm.solvers import METHODS, sample
 
-    if method not in METHODS:
-        raise PndmError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
+    check_method(method)
     if count < 1 or steps < 1:
         raise PndmError(f"calibration needs count >= 1 and steps >= 1 (got count={count}, steps={steps})")
     batch = batch or count
@@ -121,12 +128,13 @@ def forward_process_pairs(eps, image_shape: tuple[int, int, int], schedule, *,
 
 
 def save_pairs(path: str | Path, pairs: CalibrationSet) -> Path:
-    """Write ``pairs`` to a safetensors file atomically."""
+    """Write ``pairs`` to a safetensors file atomically. Serialized in memory, so a failed write (a full
+    disk) is an ``OSError`` naming the file, not safetensors' own error."""
     path = Path(path)
     header = {METADATA_KEY: json.dumps(pairs.info, sort_keys=True)}
+    tensors = {"x": pairs.x.contiguous(), "t": pairs.t.contiguous(), "eps": pairs.eps.contiguous()}
     with atomic_path(path) as tmp:
-        tensors = {"x": pairs.x.contiguous(), "t": pairs.t.contiguous(), "eps": pairs.eps.contiguous()}
-        save_file(tensors, str(tmp), metadata=header)
+        tmp.write_bytes(save(tensors, metadata=header))
     return path
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pndm.calibration import CalibrationSet, collect_pairs, forward_process_pairs, save_pairs
+from pndm.calibration import CalibrationSet, check_method, collect_pairs, forward_process_pairs, save_pairs
 from pndm.engine_format import (
     BatchSpec,
     EngineEntry,
@@ -65,7 +65,7 @@ from pndm.export.verify import (
     require_finite,
     require_fp32_agreement,
 )
-from pndm.fileio import sha256_file
+from pndm.fileio import check_replaceable, sha256_file
 from pndm.trust import record_built
 
 TRT_MODES = ("auto", "on", "off")
@@ -118,6 +118,7 @@ def check_options(options: ExportOptions) -> str | None:
     if not options.placements or any(p not in PLACEMENTS for p in options.placements):
         raise PndmError(f"int8 placements must be among {', '.join(PLACEMENTS)}, got {options.placements}")
     check_pt2_device(options.pt2_device, options.precision)
+    check_method(options.calibration_method)
     if options.trt not in TRT_MODES:
         raise PndmError(f"unknown TensorRT mode trt={options.trt!r}; choose one of {', '.join(TRT_MODES)}")
     check_opset(options.opset)
@@ -146,17 +147,31 @@ def check_pt2_device(device: str, precision: str) -> None:
 
 
 def check_out_dir(out: Path) -> None:
-    """Refuse an ``out`` that is a file, or whose parent (nearest existing one) is not a writable folder:
-    the export is staged beside ``out`` and swapped in (:mod:`pndm.export.publish`)."""
+    """Refuse an ``out`` that is a file or a mount point, or whose parent (nearest existing one) is not a
+    writable folder: the export is staged beside ``out`` and swapped in (:mod:`pndm.export.publish`)."""
     out = out.absolute()
     if out.exists() and not out.is_dir():
         raise PndmError(f"output directory {out} is a file, not a directory; choose a directory as out=DIR")
+    check_replaceable(out)
     existing = next(p for p in out.parents if p.exists())
     if not existing.is_dir():
         problem = f"{existing} is a file"
         raise PndmError(f"output directory {out} is not writable ({problem}); choose another out=DIR")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise PndmError(f"output directory {out} is not writable (permission denied); choose another out=DIR")
+        read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
+        problem = "read-only file system" if read_only else "permission denied"
+        raise PndmError(f"output directory {out} is not writable ({problem}); choose another out=DIR")
+
+
+def check_keep_float(model: nn.Module, names: tuple[str, ...]) -> None:
+    """Refuse, before any work, a ``--keep-float`` name that can be no layer of ``model``. A layer is named
+    after the module path of its weight or is a node of the ONNX graph (``node_...``); the names are
+    checked against the graph itself once it is exported (:func:`pndm.export.quantize.resolve_keep_float`)."""
+    layers = [key.removesuffix(".weight") for key in model.state_dict() if key.endswith(".weight")]
+    for name in names:
+        if name not in layers and not name.startswith("node_"):
+            raise PndmError(f"--keep-float {name!r} is no layer of this model; give module paths of layers "
+                            f"with weights, like {', '.join(layers[:3])}")
 
 
 class _Stages:
@@ -219,6 +234,7 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
     from pndm.models import save_checkpoint
 
     trt_skip = check_options(options)
+    check_keep_float(model, options.keep_float)
     stage = _Stages(log)
     out = Path(options.out)
     with staged_export(out) as staging:

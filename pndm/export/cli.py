@@ -52,8 +52,8 @@ def load_source(model: str | None, checkpoint: str | None, random_init: bool, tr
 @click.option("--checkpoint", default=None,
               help="Weights to export instead of a named model: .ckpt/.pt/.pth, .safetensors (+ .json "
                    "config), a diffusers UNet2DModel folder, or a diffusers pipeline folder (its "
-                   "scheduler gives the schedule and prediction type).")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+                   "scheduler gives the schedule and prediction type). Default: none (--model decides).")
+@click.option("--out", required=True, type=click.Path(path_type=Path),  # a file: one line from check_out_dir
               help="Output directory (created if needed; only the files this run produces are replaced).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8", "fp8"]), default="fp32",
               show_default=True,
@@ -67,7 +67,8 @@ def load_source(model: str | None, checkpoint: str | None, random_init: bool, tr
                    "minmax gave the best images on the default model (docs/EXPORT.md).")
 @click.option("--keep-float", "keep_float", default="",
               help="int8/fp8: comma-separated layers (module paths, e.g. conv_in,conv_out) to leave in "
-                   "float instead of the automatic choice by measured sensitivity.")
+                   "float instead of the automatic choice by measured sensitivity (default: none, the "
+                   "automatic choice).")
 @click.option("--int8-form", "int8_form", type=click.Choice(["both", "tensorrt", "cpu"]), default="both",
               show_default=True,
               help="int8: which Q/DQ placements to write: tensorrt (unet.int8.onnx: symmetric int8, "

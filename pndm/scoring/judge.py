@@ -98,7 +98,7 @@ def training_data(fashion_count: int = 10000) -> tuple[torch.Tensor, torch.Tenso
 
 def train_judge(out: Path, epochs: int = 5, batch: int = 128, lr: float = 2e-3, seed: int = 0) -> float:
     """Train the judge, write its weights atomically to ``out``; returns the final training accuracy."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from pndm.fileio import atomic_path
     from pndm.train.data import to_model_range
@@ -125,7 +125,8 @@ def train_judge(out: Path, epochs: int = 5, batch: int = 128, lr: float = 2e-3, 
         if step % 100 == 0:
             print(f"step {step}/{steps} loss {loss.item():.4f}", flush=True)
     with atomic_path(out) as tmp:
-        save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(tmp))
+        # In memory, then written by Python: a full disk is an OSError naming the file, not a traceback.
+        tmp.write_bytes(save({k: v.contiguous() for k, v in judge.state_dict().items()}))
     return correct / seen
 
 

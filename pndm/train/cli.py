@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from pndm.cli import debug_option
@@ -20,7 +22,7 @@ SEED_MAX = (2**64 - 1000) // 1000
 @click.option("--arch", default="mnist28",
               help=f"Architecture: a preset ({', '.join(TRAIN_PRESETS)}), an original config "
                    "(cifar10, celeba, lsun_church, lsun_bedroom) or a JSON/YAML config file.")
-@click.option("--out", required=True, type=click.Path(file_okay=False),
+@click.option("--out", required=True, type=click.Path(),
               help="Run folder: checkpoints (model/ema/train_state .safetensors) and sample grids.")
 @click.option("--steps", type=click.IntRange(min=1), default=10000,
               help="Total optimizer steps (with --resume: the total, not the extra).")
@@ -58,10 +60,11 @@ SEED_MAX = (2**64 - 1000) // 1000
 @click.option("--resize", is_flag=True, help="Resize images to the model's resolution instead of padding.")
 @click.option("--init-from", default=None,
               help="Start from the weights of this pndm checkpoint ('default': the shipped model); "
-                   "the optimizer starts fresh.")
+                   "the optimizer starts fresh.  [default: none (random initial weights)]")
 @click.option("--t-focus", default=None,
               help="START:SHARE: draw t for SHARE of each batch from [START, T-1] instead of [0, T-1] "
-                   "(more training where deterministic samplers amplify eps errors).")
+                   "(more training where deterministic samplers amplify eps errors).  [default: none (t "
+                   "uniform on [0, T-1])]")
 @click.option("--device", type=Device(allow_auto=False), default="cpu",
               help="Torch device (cpu, cuda, cuda:N).")
 @debug_option
@@ -79,9 +82,12 @@ def train(device, resume, allow_change, **options):
 
     if allow_change and not resume:
         raise PndmError("--allow-change needs --resume (it lets a resumed run change a setting)")
+    if os.path.exists(options["out"]) and not os.path.isdir(options["out"]):
+        raise PndmError(f"--out {options['out']} is a file; choose a run folder (a new one, or a run's to "
+                        "--resume) as --out")
     init_distributed()
     trainer = Trainer(TrainConfig(**options), device=device)
-    lock = folder_lock(trainer.out) if trainer.rank == 0 else contextlib.nullcontext()
+    lock = folder_lock(trainer.out, replaced=False) if trainer.rank == 0 else contextlib.nullcontext()
     with lock:
         if trainer.rank == 0:
             clean(trainer.out)  # what a killed run left half-written
