@@ -14,7 +14,9 @@ the accuracy gate, which random weights cannot meet (their errors say nothing ab
 
 One eps call per engine and batch size; every engine is warmed up, then all are timed round-robin
 ``--repeats`` times (a shared machine's changing load hits them alike), and the median is kept.
-ONNX Runtime and torch both use ``--threads`` threads.
+ONNX Runtime and torch both use ``--threads`` threads. With more than one thread, pndm's own ONNX
+Runtime engine (:class:`pndm.runtime.engines.ort_engine.OrtEngine`, as ``pndm-run`` loads it: the batch
+split into parts run at the same time, each on its share of the threads) is timed on both graphs too.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_int8.py --onnx DIR/unet.onnx --pt2 DIR/unet.bf16.pt2 \
         --threads 1 --batches 1,4,8
@@ -84,6 +86,20 @@ def ort_call(path: Path, threads: int):
     return lambda x, t: session.run(None, {"x": x.numpy(), "t": t.numpy()})[0]
 
 
+def pndm_call(path: Path, shape: tuple[int, int, int], threads: int):
+    """pndm's ONNX Runtime engine as ``pndm-run`` loads it: ``threads`` threads, the batch split into
+    :data:`pndm.runtime.engines.ort_engine.CPU_STREAMS` parts run at the same time."""
+    from pndm.engine_format import IOSpec
+    from pndm.runtime.engines.base import EngineInfo
+    from pndm.runtime.engines.ort_engine import OrtEngine
+    from pndm.schedule_spec import ScheduleSpec
+
+    info = EngineInfo(str(path), shape, ScheduleSpec("linear", 1000), (1, 64), "fp32",
+                      IOSpec.for_image(shape))
+    engine = OrtEngine(info, torch.device("cpu"), threads=threads).open()
+    return lambda x, t: engine.run({"x": x, "t": t})
+
+
 def diffusers_call(unet_dir: Path):
     """diffusers' UNet2DModel (fp32 eager), the model a PNDMPipeline calls."""
     from diffusers import UNet2DModel
@@ -116,9 +132,12 @@ def main() -> None:
     dims = model.graph.input[0].type.tensor_type.shape.dim
     shape = tuple(int(d.dim_value) for d in dims[1:])
     log("quantizing the int8 CPU engine")
+    int8 = int8_cpu_engine(args.onnx, shape, work)
     engines = {"ORT fp32 (unet.onnx)": ort_call(args.onnx, args.threads),
-               "ORT int8 CPU form (unet.int8-cpu.onnx)": ort_call(int8_cpu_engine(args.onnx, shape, work),
-                                                                  args.threads)}
+               "ORT int8 CPU form (unet.int8-cpu.onnx)": ort_call(int8, args.threads)}
+    if args.threads > 1:
+        engines["pndm's ORT engine, fp32, batch in parts"] = pndm_call(args.onnx, shape, args.threads)
+        engines["pndm's ORT engine, int8 CPU form, batch in parts"] = pndm_call(int8, shape, args.threads)
     if args.pt2 is not None:
         engines["bf16 AOTInductor (unet.bf16.pt2)"] = aoti_call(args.pt2)
     if args.diffusers_unet is not None:

@@ -62,6 +62,37 @@ def test_ort_engine_reuses_its_output_buffer_per_batch(tiny_onnx):
     assert torch.allclose(other[0], kept[0], atol=1e-5)  # batch composition does not change results
 
 
+def test_a_cpu_call_runs_its_batch_in_parts_at_the_same_time(tiny_onnx, monkeypatch):
+    """Two threads: the batch is split in two parts (uneven batches too) run on two threads at once,
+    into one output; every image's eps is what a whole-batch run on one thread gives."""
+    import threading
+
+    path, _ = tiny_onnx
+    whole = OrtEngine(info(path), torch.device("cpu"), threads=1).open()
+    split = OrtEngine(info(path), torch.device("cpu"), threads=2).open()
+    assert (whole.streams, split.streams) == (1, 2)
+    assert split.describe()["threads"] == 2 and split.describe()["streams"] == 2  # what run.json says
+    runs = []
+    run = split.session.run_with_iobinding
+    both_started = threading.Barrier(2, timeout=10)
+
+    def recording(binding):
+        runs.append(threading.current_thread().name)
+        both_started.wait()  # fails unless the two parts are in flight together
+        run(binding)
+
+    monkeypatch.setattr(split.session, "run_with_iobinding", recording)
+    x = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([3.0, 250.0, 500.0, 750.0, 990.0])
+    got = split(x, t).clone()
+    assert len(runs) == 2 and any(name.startswith("pndm-ort") for name in runs)
+    assert torch.equal(got, whole(x, t))
+    monkeypatch.undo()
+    assert torch.equal(split(x[:1], t[:1]), whole(x[:1], t[:1]))  # one image: one part
+    split.close()
+    whole.close()
+
+
 def test_batch_outside_profile_names_the_range(tiny_onnx):
     path, _ = tiny_onnx
     engine = OrtEngine(info(path, batch_range=(1, 2)), torch.device("cpu")).open()

@@ -1,6 +1,10 @@
 """ONNX Runtime engine: an ``.onnx`` file run with its I/O bound to torch tensors.
 
-CPU: every graph optimization (``ORT_ENABLE_ALL``) and one intra-op thread per core.
+CPU: every graph optimization (``ORT_ENABLE_ALL``). A call's batch is split into :data:`CPU_STREAMS`
+parts run at the same time (ONNX Runtime releases the GIL), each on its share of the threads (one
+per physical core): many of a UNet's ops (normalizations, Q/DQ and layout conversions) run on one
+thread whatever the session's thread count, and two parts keep both cores busy through them
+(docs/BENCHMARKS.md, "two streams"). Every image's result is the same as in a whole-batch run.
 CUDA (``onnxruntime-gpu``, the ``[gpu]`` extra): the CUDA execution provider, inputs and outputs
 bound to CUDA tensors, so nothing leaves the device between solver steps.
 
@@ -10,11 +14,16 @@ batch size returns the SAME tensor (the solvers and the checker copy what they k
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor, wait
+
 import numpy as np
 import torch
 
 from pndm.errors import EngineError
 from pndm.runtime.engines.base import Engine, EngineInfo
+
+#: Parts of a CPU call's batch run at the same time (at most one per thread; a batch of one runs whole).
+CPU_STREAMS = 2
 
 # ONNX Runtime's type names -> (torch dtype, the numpy scalar type ORT's binding API takes as a tag).
 _ORT_TYPES = {
@@ -66,7 +75,11 @@ class OrtEngine(Engine):
 
     def __init__(self, info: EngineInfo, device: torch.device, *, threads: int | None = None):
         super().__init__(info, device)
-        self.threads = threads
+        from pndm.runtime.threads import default_threads
+
+        self.threads = threads or default_threads()
+        # Parts of a batch run at the same time on the CPU, each on its share of the threads (module doc).
+        self.streams = min(CPU_STREAMS, self.threads) if self.device.type == "cpu" else 1
 
     def _open(self) -> None:
         import onnxruntime as ort
@@ -89,15 +102,23 @@ class OrtEngine(Engine):
         self.check_image_dims(outputs[out_name].shape, "output " + out_name)
         self.ort_types = {name: self._ort_type(node.type) for name, node in {**inputs, **outputs}.items()}
         self.dtypes = {name: dtype for name, (dtype, _) in self.ort_types.items()}
-        self.binding = self.session.io_binding()
+        self._bindings = [self.session.io_binding() for _ in range(self.streams)]  # one per part in flight
+        self._pool = ThreadPoolExecutor(self.streams - 1, "pndm-ort") if self.streams > 1 else None
 
     def _close(self) -> None:
-        del self.binding, self.session
+        if self._pool is not None:
+            self._pool.shutdown()
+        del self._bindings, self.session
+
+    def describe(self) -> dict:
+        """The base summary plus the threads and the parts a batch runs in at the same time."""
+        return {**super().describe(), "threads": self.threads, "streams": self.streams}
 
     def _session(self, ort):
         """CPU: through the optimized-graph cache (:mod:`pndm.runtime.engine_cache`), keyed by the
         file's SHA-256 that the loader verified against the manifest; CUDA: optimized on every load."""
-        options, providers = session_options(self.threads), providers_for(self.device)
+        options = session_options(self.threads // self.streams)
+        providers = providers_for(self.device)
         if self.device.type == "cpu" and self.info.sha256:
             from pndm.runtime.engine_cache import onnxruntime_session
 
@@ -111,19 +132,36 @@ class OrtEngine(Engine):
             )
         return _ORT_TYPES[name]
 
-    def _bind(self, name: str, tensor: torch.Tensor, output: bool = False) -> None:
+    def _parts(self, batch: int) -> list[slice]:
+        """The slices of a batch run at the same time: one per CPU thread, at least one image each."""
+        count = min(batch, len(self._bindings))
+        return [slice(i * batch // count, (i + 1) * batch // count) for i in range(count)]
+
+    def _bind(self, binding, name: str, tensor: torch.Tensor, output: bool = False) -> None:
         device_type = "cuda" if tensor.is_cuda else "cpu"
         device_id = tensor.device.index or 0
-        bind = self.binding.bind_output if output else self.binding.bind_input
+        bind = binding.bind_output if output else binding.bind_input
         bind(name, device_type, device_id, self.ort_types[name][1], tuple(tensor.shape), tensor.data_ptr())
 
     def run(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         batch = next(iter(inputs.values())).shape[0]
-        for name, tensor in inputs.items():
-            tensor = tensor.to(self.dtypes[name]).contiguous()
-            inputs[name] = tensor  # keep the converted tensor alive until the run
-            self._bind(name, tensor)
+        inputs = {name: tensor.to(self.dtypes[name]).contiguous() for name, tensor in inputs.items()}
         out = self.buffer(self.io.output_name, batch)
-        self._bind(self.io.output_name, out, output=True)
-        self.session.run_with_iobinding(self.binding)
+        first, *others = self._parts(batch)
+        # ONNX Runtime releases the GIL while it runs: the other parts run on the pool meanwhile.
+        pending = [self._pool.submit(self._run_part, binding, inputs, out, part)
+                   for binding, part in zip(self._bindings[1:], others, strict=False)]
+        try:
+            self._run_part(self._bindings[0], inputs, out, first)
+        finally:  # no part outlives the call, whatever fails
+            wait(pending)
+        for future in pending:
+            future.result()
         return out if out.dtype == torch.float32 else out.float()
+
+    def _run_part(self, binding, inputs: dict[str, torch.Tensor], out: torch.Tensor, part: slice) -> None:
+        """Run the images ``part`` of ``inputs`` into the same images of ``out`` (views: no copies)."""
+        for name, tensor in inputs.items():
+            self._bind(binding, name, tensor[part])
+        self._bind(binding, self.io.output_name, out[part], output=True)
+        self.session.run_with_iobinding(binding)
