@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from cli_checks import assert_one_line_error
 from click.testing import CliRunner
 from runtime_fixtures import make_engine_dir, one_torch_thread, tiny_model  # noqa: F401
 
@@ -20,14 +21,6 @@ def engine_dir(tmp_path_factory):
 def run(*args):
     return CliRunner().invoke(run_cli, [*args, "--no-progress"])
 
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    assert "Traceback" not in result.output
 
 
 def test_sample_twice_gives_identical_files(engine_dir, tmp_path):

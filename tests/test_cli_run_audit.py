@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_checks import assert_one_line_error
 from click.testing import CliRunner
 from PIL import Image
 from runtime_fixtures import make_engine_dir, one_torch_thread  # noqa: F401
@@ -31,13 +32,6 @@ def cache_dir(tmp_path, monkeypatch):
 def run(*args):
     return CliRunner().invoke(run_cli, list(args))
 
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def _png_folder(folder: Path, count: int = 6) -> Path:

@@ -4,6 +4,7 @@ one-line errors of ``--grid`` and ``--recipe``."""
 import json
 
 import pytest
+from cli_checks import assert_one_line_error
 from click.testing import CliRunner
 from runtime_fixtures import make_engine_dir, one_torch_thread  # noqa: F401
 
@@ -35,13 +36,6 @@ def tuned_engine(tmp_path_factory):
 def run(*args):
     return CliRunner().invoke(run_cli, list(args))
 
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cli_checks import assert_one_line_error
 from click.testing import CliRunner
 
 from pndm.cli import export_cli
@@ -12,13 +13,6 @@ from pndm.cli import export_cli
 def run(*args, env=None):
     return CliRunner().invoke(export_cli, list(args), env=env)
 
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_help_documents_every_option_with_its_default():

@@ -3,6 +3,7 @@ the original error kept for ``--debug``; user-module options that do not apply a
 ``pndm-export build --help`` says what the options accept."""
 
 import pytest
+from cli_checks import assert_one_line_error
 from click.testing import CliRunner
 from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 from user_nets import NETS
@@ -41,11 +42,6 @@ def test_forward_that_depends_on_tensor_values_is_refused_quietly(nets, factory,
 def run(*args, env=None):
     return CliRunner().invoke(export_cli, ["build", *args, "--trt", "off"], env=env)
 
-
-def assert_one_line_error(result, fragment):
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
 
 
 @pytest.mark.parametrize("factory, options, problem", [

@@ -20,6 +20,7 @@ import os
 import platform
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -69,11 +70,17 @@ def prepare_out_dir(out: str | os.PathLike, what: str = "--out") -> Path:
 
 def prepare_out_file(path: str | os.PathLike, what: str = "--out") -> Path:
     """Prove before the work that the file ``path`` (option ``what``) can be written: not a folder, and
-    its folder (created if needed) writable."""
+    the nearest existing folder above it writable. Nothing is created (the write makes the folders), so
+    a run refused later leaves nothing behind."""
     path = _named(path, what)
     if path.is_dir():
         raise PndmError(f"{what} {path} is a folder: give the path of a file to write")
-    prepare_out_dir(path.parent, what)
+    existing = next(parent for parent in path.absolute().parents if parent.exists())
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise _unwritable(existing, e, what) from e
     return path
 
 
