@@ -34,17 +34,14 @@ _ORT_TYPES = {
 }
 
 
-def session_options(threads: int | None = None):
-    """Session options for speed: all graph optimizations, one intra-op thread per physical core
-    (:func:`pndm.runtime.threads.default_threads`: shared among torchrun processes).
-    """
+def session_options(threads: int):
+    """Session options for speed: all graph optimizations, ``threads`` intra-op threads (the engine's
+    share of :func:`pndm.runtime.threads.default_threads` per part of a batch, module doc)."""
     import onnxruntime as ort
-
-    from pndm.runtime.threads import default_threads
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or default_threads()
+    options.intra_op_num_threads = threads
     options.log_severity_level = 3
     return options
 
