@@ -15,8 +15,9 @@ import torch
 
 from pndm.images import save_grid
 from pndm.runtime.loader import load_engine
+from pndm.runtime.recipes import load_recipe
 from pndm.runtime.seeds import image_noise, seed_list
-from pndm.runtime.tune import REFERENCE_GRID, REFERENCE_METHOD, REFERENCE_STEPS, load_recipe
+from pndm.runtime.tune import REFERENCE_GRID, REFERENCE_METHOD, REFERENCE_STEPS
 from pndm.solvers import sample
 from pndm.solvers.testbeds import rmse
 

@@ -125,7 +125,7 @@ def test_tune_checks_out_and_seeds_first(case, tmp_path):
 
 
 def test_a_model_name_recipe_is_in_the_current_folder_named_absolutely(tmp_path, monkeypatch):
-    from pndm.runtime.tune import default_recipe_path
+    from pndm.runtime.recipes import default_recipe_path
 
     monkeypatch.chdir(tmp_path)
     assert default_recipe_path("default") == tmp_path / "recipe.json"
@@ -150,11 +150,25 @@ def test_recipe_refuses_explicit_method_and_steps(command, args, fragments, tmp_
 # --- 6. --batch outside the profile is refused whatever -n is ---
 
 
-def test_batch_outside_profile_with_fewer_images(engine_dir, tmp_path):
-    result = run("sample", "--engine", str(engine_dir / "unet.onnx"), "--steps", "4", "-n", "2", "--batch",
-                 "9", "--out", str(tmp_path / "o"), "--no-progress")
+@pytest.mark.parametrize("command", ["sample", "check"])
+def test_batch_outside_profile_with_fewer_images(engine_dir, tmp_path, command):
+    out = ["--out", str(tmp_path / "o")] if command == "sample" else ["--json", str(tmp_path / "o")]
+    result = run(command, "--engine", str(engine_dir / "unet.onnx"), "--steps", "4", "-n", "2", "--batch",
+                 "9", *out, "--no-progress")
     assert_one_line_error(result, "batch size 9", "[1, 8]")
     assert not (tmp_path / "o").exists()
+
+
+def test_check_default_batch_fits_a_small_profile(engine_dir, tmp_path):
+    """Without --batch, check calls the engine as sample does: within its profile (here at most 2)."""
+    small = shutil.copytree(engine_dir, tmp_path / "small")
+    manifest = json.loads((small / "manifest.json").read_text())
+    manifest["batch"] = {"min": 1, "opt": 2, "max": 2}
+    (small / "manifest.json").write_text(json.dumps(manifest))
+    result = run("check", "--engine", str(small / "unet.onnx"), "--method", "ddim", "--steps", "2", "-n", "3",
+                 "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "PASS" in result.output
 
 
 # --- 7. output options name themselves; folders and empty paths are refused ---

@@ -13,7 +13,7 @@ import torch
 
 from pndm.cli import debug_option, trust_engine_option
 from pndm.errors import PndmError
-from pndm.runtime.tune import (
+from pndm.runtime.options import (
     DEVICE_HELP,
     ENGINE_HELP,
     THREADS_HELP,
@@ -308,7 +308,11 @@ def sample(
     "-n", "--num", type=click.IntRange(min=1), default=4, show_default=True, help="Number of images compared."
 )
 @click.option(
-    "--batch", type=click.IntRange(min=1), default=4, show_default=True, help="Images per engine call."
+    "--batch",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Images per engine call; must lie in the engine's batch profile. Default: as pndm-run sample "
+    "(all images in one call where the profile allows, at most 64 on the CPU).",
 )
 @click.option(
     "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Image i uses seed SEED+i."
@@ -373,7 +377,11 @@ def check(
         prepare_out_file(json_path, "--json")
     threads = set_threads(threads)
     candidate = load_engine(engine_path, device, threads=threads, trust=trust_engine)
-    candidate.check_batch(min(batch, num))
+    if batch is None:
+        from pndm.runtime.threads import default_batch
+
+        batch = default_batch(num, candidate.batch_range, candidate.device.type)
+    candidate.check_batch(batch)  # a --batch outside the profile is refused even where -n is smaller
     method, steps, grid, _ = resolve_grid(candidate, engine_path, method, steps, grid, recipe_path)
     ref = find_reference(candidate, reference, candidate.device, threads=threads)
     for engine in (candidate, ref):

@@ -13,9 +13,9 @@ from pndm.runtime.cli import (
     clip_x0_option,
     set_threads,
 )
+from pndm.runtime.options import check_steps
 from pndm.runtime.outputs import GRID_MAX_IMAGES
 from pndm.runtime.seeds import SEED_MAX
-from pndm.runtime.tune import check_steps
 from pndm.validate import Device
 
 

@@ -9,217 +9,23 @@
 4. The result is saved as a recipe (``recipe.json`` in the engine folder, the current folder for a
    model name; format ``pndm-recipe/1``): method, steps, NFE, timesteps and the engine's identity,
    which ``pndm-run sample --recipe FILE`` and ``--grid tuned`` use; a recipe made for another engine
-   is refused.
-
-This module also holds what the sampling commands share: the help of --engine / --device / --threads,
-the ``--grid`` / ``--recipe`` options of ``sample`` and ``check``, and the checks of --method/--steps.
+   is refused (:mod:`pndm.runtime.recipes`).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import click
 
 from pndm.cli import debug_option, trust_engine_option
 from pndm.errors import PndmError
+from pndm.runtime.options import DEVICE_HELP, ENGINE_HELP, THREADS_HELP
+from pndm.runtime.recipes import Recipe, default_recipe_path, engine_identity, save_recipe
 from pndm.validate import Device
 
-RECIPE_FORMAT = "pndm-recipe/1"
-RECIPE_NAME = "recipe.json"
 REFERENCE_METHOD, REFERENCE_GRID, REFERENCE_STEPS = "ipndm", "quad", 200
 CHECK_GRID = "linspace"  # the reference's error estimate: the same solve on this grid
-
-ENGINE_HELP = (
-    "Engine to run: an .onnx / .plan / .pt2 file with manifest.json beside it, an engine folder "
-    "(its unet.onnx), or a checkpoint / diffusers folder / model name (PyTorch fp32)."
-)
-THREADS_HELP = (
-    "CPU threads for torch and ONNX Runtime (default: one per physical core, shared among torchrun "
-    "processes). On a busy machine 1 can be much faster: OpenMP threads that wait for a taken core spin."
-)
-DEVICE_HELP = "cpu, cuda, cuda:N, or auto (CUDA when available, else CPU; .pt2: the device it was built for)."
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """A tuned sampler: ``method`` over ``steps`` explicit ``grid`` timesteps (descending) for one engine."""
-
-    method: str
-    steps: int
-    nfe: int
-    grid: list[float]
-    engine: dict
-    path: str = ""
-
-
-def engine_identity(engine) -> dict:
-    """What a recipe is bound to: the engine file's SHA-256 (or, for a model name, the name), its
-    backend, schedule and image shape."""
-    from pndm.fileio import sha256_file
-
-    path = Path(engine.path)
-    return {
-        "path": str(path),
-        "sha256": sha256_file(path) if path.is_file() else None,
-        "backend": engine.backend,
-        "schedule": engine.schedule.name,
-        "T": engine.schedule.T,
-        "image_shape": list(engine.image_shape),
-    }
-
-
-def _same_engine(recorded: dict, current: dict) -> bool:
-    if recorded.get("sha256") or current.get("sha256"):
-        return recorded.get("sha256") == current.get("sha256")
-    return recorded.get("path") == current.get("path") and recorded.get("backend") == current.get("backend")
-
-
-def default_recipe_path(engine_path: str) -> Path:
-    """``recipe.json`` in the engine's folder (the folder itself, or the folder of an engine file;
-    for a model name, which has no folder, the current folder, as an absolute path so that messages
-    say where)."""
-    path = Path(engine_path)
-    if path.is_dir():
-        return path / RECIPE_NAME
-    if path.is_file():
-        return path.parent / RECIPE_NAME
-    return Path.cwd() / RECIPE_NAME
-
-
-def load_recipe(path: str | Path, engine) -> Recipe:
-    """Read a recipe and check it belongs to ``engine`` (one-line errors)."""
-    from pndm.solvers import METHODS
-
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PndmError(f"no recipe at {path}: run pndm-run tune --engine ... --nfe K first") from None
-    except IsADirectoryError:
-        raise PndmError(f"the recipe {path} is a folder: give the recipe file (e.g. {path / RECIPE_NAME})"
-                        ) from None
-    except (OSError, ValueError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else e
-        raise PndmError(f"cannot read the recipe {path} ({reason}): give a recipe file that pndm-run tune "
-                        "wrote") from None
-    if not isinstance(data, dict) or data.get("format") != RECIPE_FORMAT:
-        raise PndmError(f"{path} is not a pndm recipe (format {RECIPE_FORMAT}): write one with pndm-run tune")
-    try:
-        recipe = Recipe(
-            method=str(data["method"]),
-            steps=int(data["steps"]),
-            nfe=int(data["nfe"]),
-            grid=[float(t) for t in data["grid"]],
-            engine=dict(data["engine"]),
-            path=str(path),
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise PndmError(
-            f"the recipe {path} is incomplete or malformed ({e!r}): write it again with pndm-run tune"
-        ) from None
-    if recipe.method not in METHODS or len(recipe.grid) != recipe.steps:
-        raise PndmError(
-            f"the recipe {path} names method {recipe.method!r} with {len(recipe.grid)} timesteps "
-            f"for {recipe.steps} steps: write it again with pndm-run tune"
-        )
-    current = engine_identity(engine)
-    if not _same_engine(recipe.engine, current):
-        raise PndmError(
-            f"the recipe {path} was tuned for another engine ({recipe.engine.get('path')}, sha256 "
-            f"{str(recipe.engine.get('sha256'))[:12]}), not {current['path']}: run pndm-run tune on this one"
-        )
-    return recipe
-
-
-def save_recipe(path: Path, recipe: Recipe, extra: dict) -> None:
-    from pndm.fileio import atomic_write_text
-
-    data = {
-        "format": RECIPE_FORMAT,
-        "method": recipe.method,
-        "steps": recipe.steps,
-        "nfe": recipe.nfe,
-        "grid": recipe.grid,
-        "engine": recipe.engine,
-        **extra,
-        "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-
-
-# --- the --grid / --recipe options of sample and check ---
-
-
-def check_steps(method: str, steps: int) -> None:
-    """Refuse fewer ``steps`` than ``method`` needs, before any work."""
-    from pndm.solvers import METHODS
-
-    low = METHODS[method].min_steps
-    if steps < low:
-        raise PndmError(f"--method {method} needs --steps {low} or more (got {steps}): raise --steps or "
-                        "choose another --method")
-
-
-def check_grid_options(method: str, steps: int, grid: str | None, recipe_path: str | None) -> None:
-    """Check --method/--steps/--grid/--recipe together before any work: a recipe (``--recipe`` or
-    ``--grid tuned``) brings its own method, steps and grid, so giving them too is refused."""
-    from click.core import ParameterSource
-
-    from pndm.solvers.grid import parse_grid
-
-    if grid is not None and recipe_path is not None:
-        raise PndmError("--recipe brings its own tuned grid: drop --grid (or use --grid tuned)")
-    if recipe_path is not None or grid == "tuned":
-        ctx, typed = click.get_current_context(), (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-        given = [f"--{name}" for name in ("method", "steps") if ctx.get_parameter_source(name) in typed]
-        if given:
-            source = "--recipe" if recipe_path is not None else "--grid tuned"
-            raise PndmError(f"{source} brings its own method and steps: drop {' and '.join(given)}")
-        return
-    check_steps(method, steps)
-    if grid is not None:
-        parse_grid(grid)
-
-
-def grid_options(f):
-    """``--grid NAME[:VALUE]`` and ``--recipe FILE`` for a sampling command."""
-    from pndm.solvers import GRIDS
-
-    f = click.option(
-        "--recipe",
-        "recipe_path",
-        default=None,
-        help="A recipe from pndm-run tune: its method, steps and tuned timesteps replace "
-        "--method/--steps/--grid, so those are refused beside it (default: none).",
-    )(f)
-    return click.option(
-        "--grid",
-        default=None,
-        help=f"Time grid: {', '.join(GRIDS)} (default: the method's, docs/SOLVERS.md). Options as "
-        "NAME:VALUE: quad:POWER (0.5-6, default 2), karras:RHO (1-20, default 7). tuned = the engine "
-        "folder's recipe.json (for a model name: recipe.json in the current folder).",
-    )(f)
-
-
-def resolve_grid(
-    engine, engine_path: str, method: str, steps: int, grid: str | None, recipe_path: str | None
-):
-    """(method, steps, grid for the solvers, what to record) from --method/--steps/--grid/--recipe,
-    which :func:`check_grid_options` checked."""
-    if grid == "tuned":
-        recipe_path = str(default_recipe_path(engine_path))
-    if recipe_path is None:
-        return method, steps, grid, grid
-    recipe = load_recipe(recipe_path, engine)
-    return recipe.method, recipe.steps, recipe.grid, f"tuned ({recipe.path})"
-
-
-# --- pndm-run tune ---
 
 
 def _time_solve(eps, x_T, method, steps, schedule, grid):

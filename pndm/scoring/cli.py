@@ -98,9 +98,9 @@ def sweep(engine_paths, methods, steps, grids, num, batch, seed, reference, feat
     from pndm.errors import PndmError
     from pndm.fileio import atomic_write_text
     from pndm.runtime.loader import load_engine
+    from pndm.runtime.options import check_steps
     from pndm.runtime.outputs import staged_output
     from pndm.runtime.seeds import seed_list
-    from pndm.runtime.tune import check_steps
     from pndm.scoring.score import make_featurizer, reference_statistics
     from pndm.scoring.sweep import engine_labels, format_table, plot, run_sweep
     from pndm.solvers.grid import parse_grid
