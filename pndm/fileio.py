@@ -13,6 +13,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -78,10 +79,31 @@ class FolderBusyError(PndmError):
     """Another live process holds the lock of an output folder."""
 
 
+MOUNTINFO = Path("/proc/self/mountinfo")
+
+
+def is_mount_point(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is a mount point: :func:`os.path.ismount`, which misses a bind mount from the same
+    file system (e.g. ``docker run -v`` of a host folder on the same disk), or, on Linux, a mount point
+    listed in ``/proc/self/mountinfo`` (its 5th field, with spaces and the like octal-escaped)."""
+    if os.path.ismount(folder):
+        return True
+    try:
+        lines = MOUNTINFO.read_text().splitlines()
+    except OSError:  # not Linux, or no /proc
+        return False
+    target = os.path.realpath(folder)
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) > 4 and re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4]) == target:
+            return True
+    return False
+
+
 def check_replaceable(folder: str | os.PathLike, what: str = "--out") -> None:
     """Refuse a ``folder`` that :func:`replace_dir` could not replace (a mount point, e.g. a Docker volume:
     no rename can replace it), before the work rather than after it."""
-    if os.path.ismount(folder):
+    if is_mount_point(folder):
         raise PndmError(f"{what} {folder} is a mount point, which pndm cannot replace with the finished "
                         f"folder; use a folder inside it, e.g. {what} {Path(folder) / 'out'}")
 

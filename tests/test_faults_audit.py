@@ -13,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from pndm import fileio
 from pndm.calibration import CalibrationSet, save_pairs
 from pndm.cli import export_cli
 from pndm.errors import PndmError
@@ -59,6 +60,22 @@ def test_an_export_into_a_mount_point_is_refused_before_any_work(tmp_path, monke
     out.mkdir()
     monkeypatch.setattr(os.path, "ismount", lambda p: os.fspath(p) == str(out))
     with pytest.raises(PndmError, match=f"--out {out} is a mount point.*e.g. --out {out}/out"):
+        check_options(ExportOptions(out=out, trt="off"))
+
+
+def test_a_same_filesystem_bind_mount_is_a_mount_point(tmp_path, monkeypatch):
+    """os.path.ismount misses a bind mount from the same file system; /proc/self/mountinfo lists it (its
+    5th field, spaces octal-escaped)."""
+    out = tmp_path / "my volume"
+    out.mkdir()
+    mountinfo = tmp_path / "mountinfo"
+    escaped = str(out).replace(" ", "\\040")
+    mountinfo.write_text(f"22 1 8:1 / / rw - ext4 /dev/sda1 rw\n731 22 8:1 /host/data {escaped} rw - ext4 "
+                         "/dev/sda1 rw\n")
+    monkeypatch.setattr(fileio, "MOUNTINFO", mountinfo)
+    assert not os.path.ismount(out) and fileio.is_mount_point(out)
+    assert not fileio.is_mount_point(tmp_path)
+    with pytest.raises(PndmError, match="is a mount point"):
         check_options(ExportOptions(out=out, trt="off"))
 
 
