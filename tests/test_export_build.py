@@ -238,3 +238,29 @@ def test_a_batch_range_torch_export_refuses_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(PndmError, match=expected):
         compile_aoti(model, spec.image_shape, parse_batch("1:4:64"), tmp_path / "unet.bf16.pt2")
     assert not (tmp_path / "unet.bf16.pt2").exists()
+
+
+def test_a_full_disk_while_compiling_a_package_is_one_line(tmp_path, monkeypatch):
+    """torch reports a full disk during the AOTInductor compile or packaging as a generic RuntimeError: with
+    little space left it becomes a one-line PndmError naming the folder and the fix; with space left the
+    error is torch's own (a real failure, not a full disk)."""
+    import shutil
+    from collections import namedtuple
+
+    from pndm.export.aoti import compile_aoti
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 4096 vs 0")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", fail)
+    usage = namedtuple("usage", "total used free")
+    model, spec = tiny_model()
+    out = tmp_path / "engines" / "unet.bf16.pt2"
+    out.parent.mkdir()
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**10, 10**10 - 10**6, 10**6))
+    with pytest.raises(PndmError, match=r"no space left on device while compiling unet\.bf16\.pt2 .*free"):
+        compile_aoti(model, spec.image_shape, parse_batch("1:2:4"), out)
+    assert list(out.parent.iterdir()) == []
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**10, 10**9, 9 * 10**9))
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        compile_aoti(model, spec.image_shape, parse_batch("1:2:4"), out)

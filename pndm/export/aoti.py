@@ -12,15 +12,30 @@ runs Inductor's Triton kernels and can be captured, with the solver updates, int
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from pndm.errors import PndmError
 from pndm.export.batch import BatchRange
 from pndm.export.onnx_export import example_inputs, quiet_exporter, trace
 from pndm.export.precision import engine_module
 from pndm.fileio import atomic_path
+
+LOW_SPACE = 256 * 1024**2  # bytes: less than this free after a failed compile means the disk filled up
+
+
+def full_disk(folders: list[Path]) -> Path | None:
+    """The first of ``folders`` (each, or its nearest existing parent) with less than :data:`LOW_SPACE`
+    free: torch's compile and packager report a full disk as a generic RuntimeError (a failed C++ compile,
+    "unexpected pos" from the zip writer), so the free space says what happened."""
+    for folder in folders:
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if existing is not None and shutil.disk_usage(existing).free < LOW_SPACE:
+            return folder
+    return None
 
 
 def compile_aoti(model: nn.Module, image_shape: tuple[int, int, int], batch: BatchRange, path: Path,
@@ -38,6 +53,15 @@ def compile_aoti(model: nn.Module, image_shape: tuple[int, int, int], batch: Bat
             try:
                 torch._inductor.aoti_compile_and_package(program, package_path=str(package))
                 package.replace(tmp)
+            except Exception as e:
+                from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+                full = full_disk([package.parent, Path(cache_dir())])
+                if full is None:
+                    raise
+                raise PndmError(f"no space left on device while compiling {Path(path).name} ({full} has less "
+                                f"than {LOW_SPACE // 1024**2} MiB free); free space (TORCHINDUCTOR_CACHE_DIR "
+                                "moves torch's compile folder) or choose another --out") from e
             finally:
                 package.unlink(missing_ok=True)
     return Path(path)
