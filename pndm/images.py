@@ -21,11 +21,20 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return pixels.permute(0, 2, 3, 1).contiguous()
 
 
+PNG_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}  # image channels -> the PNG (PIL) mode that holds them
+
+
+def check_png_channels(channels: int, fix: str = "use --format npz") -> None:
+    """Refuse images PNG cannot hold (more than 4 channels), before the work."""
+    if channels not in PNG_MODES:
+        raise PndmError(f"the images have {channels} channels and a PNG holds 1 to 4: {fix}")
+
+
 def _to_pil(pixels_hwc: torch.Tensor) -> Image.Image:
     array = pixels_hwc.numpy()
-    if array.shape[2] == 1:
-        return Image.fromarray(array[:, :, 0], mode="L")
-    return Image.fromarray(array, mode="RGB")
+    check_png_channels(array.shape[2])
+    mode = PNG_MODES[array.shape[2]]
+    return Image.fromarray(array[:, :, 0] if mode == "L" else array, mode=mode)
 
 
 def save_png(pixels_hwc: torch.Tensor, path: str | os.PathLike) -> None:

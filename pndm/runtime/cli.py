@@ -80,7 +80,7 @@ def _write_outputs(
     ``phases`` (:class:`pndm.runtime.phases.Phases`) times the writing and goes into run.json.
     Returns run.json's content on rank 0, None on the other ranks (which write nothing).
     """
-    from pndm.images import to_uint8
+    from pndm.images import PNG_MODES, to_uint8
     from pndm.runtime.distributed import gather_to_main
     from pndm.runtime.engine_cache import take_cache_events
     from pndm.runtime.outputs import versions, write_grid, write_json, write_npz, write_pngs
@@ -99,7 +99,8 @@ def _write_outputs(
             write_npz(all_pixels, seeds, folder)
         else:
             write_pngs(all_pixels, seeds, folder)
-        write_grid(all_pixels, folder)
+        if channels in PNG_MODES:
+            write_grid(all_pixels, folder)
     rank_stats = [part[2] for part in gathered if part[2]]
     wall = max(s["wall_seconds"] for s in rank_stats)
     summary = {
@@ -185,8 +186,9 @@ clip_x0_option = click.option(
     type=click.Choice(["png", "npz"]),
     default="png",
     show_default=True,
-    help="png: one seedNNNNNN.png per image; npz: samples.npz (uint8 images + seeds). Both write "
-    "grid.png and run.json.",
+    help="png: one seedNNNNNN.png per image (1-4 channels: grey, grey+alpha, RGB, RGBA); npz: "
+    "samples.npz (uint8 images + seeds, any channel count). Both write run.json, and grid.png where PNG "
+    "holds the images.",
 )
 @click.option("--device", type=Device(), default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
@@ -245,6 +247,10 @@ def sample(
 
             batch = default_batch(max(len(my_seeds), 1), engine.batch_range, engine.device.type)
         engine.check_batch(batch)  # a --batch outside the profile is refused even where -n is smaller
+        if fmt == "png" or save_trajectory:
+            from pndm.images import check_png_channels
+
+            check_png_channels(engine.image_shape[0], "use --format npz, without --save-trajectory")
         method, steps, grid, grid_name = resolve_grid(engine, engine_path, method, steps, grid, recipe_path)
         recorder = None
         if save_trajectory and env.is_main:
