@@ -87,6 +87,21 @@ def test_unmappable_options_run_diffusers_module_naming_the_option(testdata, tmp
     assert spec.architecture == "diffusers" and f"{option}={value!r}" in spec.notes[0]
 
 
+@pytest.mark.slow  # imports diffusers
+def test_learned_variance_in_the_ddpm_layout_runs_diffusers_module_on_the_mean_half(tmp_path):
+    """out_channels = 2C in the otherwise exactly mappable layout: diffusers' module, its first C channels
+    (the DDPM UNet has no variance half); out_channels 1 with 3 input channels is refused at load."""
+    unet, folder = _diffusers_unet(tmp_path, out_channels=6)
+    model, spec = load(folder)
+    assert spec.architecture == "diffusers" and "out_channels=6" in spec.notes[0]
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3.0, 997.5])
+    with torch.no_grad():
+        assert (unet(x, t).sample[:, :3] - model(x, t)).abs().max().item() < 1e-5
+    _, folder = _diffusers_unet(tmp_path / "grey", out_channels=1)
+    with pytest.raises(CheckpointError, match="out_channels=1 with in_channels=3; pndm needs"):
+        load(folder)
+
+
 def test_unknown_weight_is_refused(testdata, tmp_path):
     folder = tmp_path / "unet"
     shutil.copytree(testdata / "diffusers_ddpm_tiny", folder)

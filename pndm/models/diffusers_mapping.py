@@ -100,6 +100,8 @@ def ddpm_config_from_diffusers(cfg: dict[str, Any], path: Path) -> DDPMUNetConfi
         close = isinstance(value, float) and isinstance(wanted, float) and abs(value - wanted) < 1e-12
         if value != wanted and not close:
             raise _refuse(path, option, value, wanted)
+    if cfg["out_channels"] != cfg["in_channels"]:  # learned variance: diffusers module
+        raise _refuse(path, "out_channels", cfg["out_channels"], cfg["in_channels"])
     channels = list(cfg["block_out_channels"])
     ch = channels[0]
     if any(c % ch for c in channels):
