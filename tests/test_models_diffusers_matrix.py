@@ -112,6 +112,21 @@ def test_scheduler_settings_pndm_does_not_apply_are_notes_naming_the_option(tmp_
     assert len(load(plain)[1].notes) == 1  # the layout note only
 
 
+def test_variance_karras_and_sde_settings_are_notes(tmp_path):
+    unet, _ = save_unet(tmp_path / "scratch", "default")
+    ddpm = save_pipeline(tmp_path / "ddpm", unet, "DDPMPipeline", "DDPMScheduler",
+                         variance_type="fixed_large", clip_sample=False)
+    assert any("variance_type='fixed_large' is not used" in note for note in load(ddpm)[1].notes)
+    dpm = save_pipeline(tmp_path / "dpm", unet, "DDPMPipeline", "DPMSolverMultistepScheduler",
+                        use_karras_sigmas=True, algorithm_type="sde-dpmsolver++")
+    notes = " | ".join(load(dpm)[1].notes)
+    assert "use_karras_sigmas=true" in notes and "--grid karras" in notes
+    assert "algorithm_type='sde-dpmsolver++'" in notes and "--method sde2" in notes
+    plain = " | ".join(load(save_pipeline(tmp_path / "plain", unet, "DDPMPipeline",
+                                          "DPMSolverMultistepScheduler"))[1].notes)
+    assert "use_karras_sigmas" not in plain and "algorithm_type" not in plain and "variance_type" not in plain
+
+
 def test_a_bare_unet_folder_says_what_schedule_it_assumes(tmp_path):
     _, folder = save_unet(tmp_path / "unet", "default")
     assert any("no scheduler config" in note for note in load(folder)[1].notes)
@@ -146,3 +161,13 @@ def test_variant_only_weights_are_named(tmp_path):
     with pytest.raises(CheckpointError) as exc:
         load(diffusers_unet_folder)
     assert "only variant weights (diffusion_pytorch_model.fp16.safetensors)" in str(exc.value)
+
+
+def test_sharded_weights_are_named_with_the_fix(tmp_path):
+    unet, _ = save_unet(tmp_path / "scratch", "default")
+    unet.save_pretrained(tmp_path / "sharded", max_shard_size="200KB")
+    assert (tmp_path / "sharded" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    with pytest.raises(CheckpointError) as exc:
+        load(tmp_path / "sharded")
+    assert "weights are sharded (diffusion_pytorch_model.safetensors.index.json)" in str(exc.value)
+    assert "max_shard_size" in str(exc.value) and "\n" not in str(exc.value)

@@ -5,7 +5,10 @@ import shutil
 
 import pytest
 import torch
+from cli_checks import assert_one_line_error
+from click.testing import CliRunner
 
+from pndm.cli import export_cli
 from pndm.errors import CheckpointError, PndmError
 from pndm.models import load
 
@@ -45,9 +48,13 @@ def test_pickle_with_code_is_refused_and_not_run(testdata, tmp_path):
     with pytest.raises(CheckpointError) as exc:
         load(evil)
     message = _one_line(exc)
-    assert "pickled code" in message and "allow_pickle=True" in message and "--trust-pickle" in message
+    assert "pickled code" in message and "pass allow_pickle=True, or convert" in message
     assert str(evil) in message
     assert not marker.exists()
+    out = tmp_path / "engines"
+    result = CliRunner().invoke(export_cli, ["build", "--checkpoint", str(evil), "--out", str(out)])
+    assert_one_line_error(result, "pickled code", "pass --trust-pickle, or convert it to .safetensors")
+    assert result.output.count("--trust-pickle") == 1 and not marker.exists()
 
 
 def test_trusted_pickle_loads_with_explicit_opt_in(testdata, tmp_path):

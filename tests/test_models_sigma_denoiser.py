@@ -41,7 +41,7 @@ def test_edm_pickles_need_trust(tmp_path):
     path = tmp_path / "network-snapshot.pkl"
     with open(path, "wb") as f:
         pickle.dump({"ema": TinyEDMPrecond(label_dim=3, sigma_min=0.02, sigma_max=100.0)}, f)
-    with pytest.raises(CheckpointError, match="carry code .* pass --trust-pickle"):
+    with pytest.raises(CheckpointError, match="carry code .* pass allow_pickle=True only"):
         load(path)
     model, spec = load(path, allow_pickle=True)
     assert spec.architecture == "edm" and spec.num_classes == 3 and spec.image_shape == (3, 8, 8)

@@ -125,6 +125,17 @@ def scheduler_notes(sched: dict[str, Any], where: Path) -> tuple[str, ...]:
     if sched.get("set_alpha_to_one") is False:
         notes.append(f"{name}: set_alpha_to_one=false (diffusers' last step ends at alpha_bar(0)); pndm's "
                      "last step ends at the clean image (alpha_bar = 1)")
+    variance = sched.get("variance_type") or "fixed_small"
+    if variance != "fixed_small":
+        notes.append(f"{name}: variance_type={variance!r} is not used: pndm-run --method ddpm adds the "
+                     "posterior variance (fixed_small), and the other methods add none")
+    if sched.get("use_karras_sigmas"):
+        notes.append(f"{name}: use_karras_sigmas=true; pndm-run's methods default to their own grid: pass "
+                     "--grid karras for Karras sigmas")
+    algorithm = sched.get("algorithm_type", "dpmsolver++")
+    if algorithm.startswith("sde-"):
+        notes.append(f"{name}: algorithm_type={algorithm!r} (a stochastic DPM-Solver); pndm's dpm-solver++ "
+                     "methods are the deterministic ones, and --method sde2 or edm-sde sample the SDE")
     return tuple(notes)
 
 

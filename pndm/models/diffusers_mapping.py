@@ -197,6 +197,12 @@ def read_weights(folder: Path, allow_pickle: bool) -> tuple[dict[str, torch.Tens
             if path.suffix == ".safetensors":
                 return read_safetensors(path)[0], path
             return read_torch_state_dict(path, allow_pickle), path
+    index = next((folder / f"{name}.index.json" for name in WEIGHT_FILES
+                  if (folder / f"{name}.index.json").is_file()), None)
+    if index is not None:
+        raise CheckpointError(
+            f"{folder}: the weights are sharded ({index.name}); pndm reads one {WEIGHT_FILES[0]}: save the "
+            "UNet again in one file (save_pretrained(..., max_shard_size=\"100GB\"))")
     variants = sorted(f.name for f in folder.glob("diffusion_pytorch_model.*.*")
                       if f.suffix in (".safetensors", ".bin"))
     if variants:

@@ -80,7 +80,7 @@ def load_edm_pickle(path: Path, allow_pickle: bool) -> nn.Module:
         raise CheckpointError(
             f"{path}: EDM network pickles carry code (classes of the EDM repository) that runs when loaded;"
             " "
-            "pass --trust-pickle (allow_pickle=True) only for a file you trust, with the EDM source "
+            "pass allow_pickle=True only for a file you trust, with the EDM source "
             "(dnnlib, torch_utils) importable"
         )
     try:

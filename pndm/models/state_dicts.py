@@ -43,8 +43,8 @@ def torch_load(path: Path, allow_pickle: bool = False) -> Any:
         if code:
             raise CheckpointError(
                 f"{path}: refused: the file contains pickled code ({code.group(1)}) and pndm does not "
-                "execute code from files; if you trust its origin, pass allow_pickle=True "
-                "(--trust-pickle on the command line), or convert it to .safetensors"
+                "execute code from files; if you trust its origin, pass allow_pickle=True, or convert it "
+                "to .safetensors"
             ) from None
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint ({_weights_only_reason(exc)}); the file is "

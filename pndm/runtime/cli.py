@@ -250,7 +250,8 @@ def sample(
         if fmt == "png" or save_trajectory:
             from pndm.images import check_png_channels
 
-            check_png_channels(engine.image_shape[0], "use --format npz, without --save-trajectory")
+            fixes = ["use --format npz"] * (fmt == "png") + ["drop --save-trajectory"] * save_trajectory
+            check_png_channels(engine.image_shape[0], " and ".join(fixes))
         method, steps, grid, grid_name = resolve_grid(engine, engine_path, method, steps, grid, recipe_path)
         recorder = None
         if save_trajectory and env.is_main:
