@@ -62,10 +62,21 @@ def test_invalid_batch_range(tmp_path, batch):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("opset", ["7", "99"])
+@pytest.mark.parametrize("opset", ["7", "17", "99"])
 def test_unsupported_opset(tmp_path, opset):
     assert_one_line_error(run("build", "--opset", opset, "--out", str(tmp_path / "o")),
-                          f"opset {opset} is not supported", "--opset between 17 and")
+                          f"opset {opset} is not supported", "--opset between 18 and")
+
+
+@pytest.mark.parametrize(("args", "fragments"), [
+    (["--precision", "fp8", "--opset", "18"], ["fp8 Q/DQ graphs need opset >= 19", "--opset 20"]),
+    (["--precision", "fp16", "--int8-form", "cpu"], ["--int8-form applies to --precision int8, not fp16"]),
+    (["--precision", "fp8", "--calibrator", "entropy"], ["--calibrator applies to --precision int8, not fp8"]
+     ),
+])
+def test_quantization_options_are_checked_before_any_work(tmp_path, args, fragments):
+    assert_one_line_error(run("build", *args, "--out", str(tmp_path / "o")), *fragments)
+    assert not (tmp_path / "o").exists()
 
 
 def test_output_directory_not_writable(tmp_path):

@@ -56,6 +56,7 @@ from pndm.export.quantize import (
     QUANT_PRECISIONS,
     quantize_engines,
 )
+from pndm.export.quantize import MIN_OPSET as QUANT_MIN_OPSET
 from pndm.export.trajectory_guard import GUARD_SEEDS, trajectory_guard
 from pndm.export.verify import (
     compare,
@@ -115,6 +116,10 @@ def check_options(options: ExportOptions) -> str | None:
         raise PndmError(f"unknown calibrator {options.calibrator!r}; choose one of {', '.join(CALIBRATORS)}")
     if options.keep_float and options.precision not in QUANT_PRECISIONS:
         raise PndmError(f"--keep-float applies to --precision int8 or fp8, not {options.precision}")
+    if options.precision in QUANT_PRECISIONS and options.opset < QUANT_MIN_OPSET[options.precision]:
+        wanted = QUANT_MIN_OPSET[options.precision]
+        raise PndmError(f"{options.precision} Q/DQ graphs need opset >= {wanted}: export with "
+                        f"--opset {max(wanted, DEFAULT_OPSET)}")
     if not options.placements or any(p not in PLACEMENTS for p in options.placements):
         raise PndmError(f"int8 placements must be among {', '.join(PLACEMENTS)}, got {options.placements}")
     check_pt2_device(options.pt2_device, options.precision)
@@ -298,7 +303,8 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
             if spec.source_kind != "random" and not options.keep_float:
                 stage(f"sampling {GUARD_SEEDS} fp32 reference images for the end-to-end guard")
                 end_to_end = trajectory_guard(calls, options.precision)
-            stage(f"quantizing to {options.precision} ({options.calibrator} calibration, {len(pairs)} pairs)")
+            how = options.calibrator if options.precision == "int8" else "distribution"  # fp8: ORT's method
+            stage(f"quantizing to {options.precision} ({how} calibration, {len(pairs)} pairs)")
             started = time.perf_counter()
             engines = quantize_engines(
                 graph, pairs.x.numpy(), pairs.t.numpy(), pairs.eps.numpy(), precision=options.precision,

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from pndm.cli import debug_option
 from pndm.errors import PndmError
@@ -129,6 +130,11 @@ def build(model_name, checkpoint, out, precision, batch_text, opset, trt_mode, t
                             keep_float=tuple(name.strip() for name in keep_float.split(",") if name.strip()),
                             placements=("tensorrt", "cpu") if int8_form == "both" else (int8_form,),
                             pt2_device=pt2_device)
+    given = click.get_current_context().get_parameter_source
+    for name in ("int8_form", "calibrator"):  # their defaults are harmless; given explicitly, they must apply
+        if precision != "int8" and given(name) is ParameterSource.COMMANDLINE:
+            option = f"--{name.replace('_', '-')}"
+            raise PndmError(f"{option} applies to --precision int8, not {precision}: drop it")
     check_options(options)  # bad options fail before the model is loaded
     if model_opts["module"] is not None and (model_name or checkpoint or random_init):
         raise PndmError("give one of --module, --model or --checkpoint")

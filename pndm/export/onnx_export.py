@@ -26,7 +26,7 @@ from pndm.export.batch import BatchRange
 from pndm.fileio import atomic_path
 
 DEFAULT_OPSET = 20
-MIN_OPSET = 17  # the oldest opset the dynamo exporter converts to
+MIN_OPSET = 18  # the oldest the dynamo exporter produces for a UNet (GroupNormalization-18: no opset 17)
 INPUT_NAMES = ("x", "t")
 OUTPUT_NAMES = ("eps",)
 PROTOBUF_LIMIT = 2 * 1024**3

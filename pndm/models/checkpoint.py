@@ -68,11 +68,23 @@ def _unreadable(path: Path, exc: Exception) -> CheckpointError:
     )
 
 
+def refuse_engine_file(path: Path) -> None:
+    """An engine (.onnx, .pt2, .plan) given where model weights are wanted: say what to give instead."""
+    from pndm.engine_format import SUFFIX_KINDS
+
+    if path.suffix in SUFFIX_KINDS:
+        raise CheckpointError(
+            f"{path}: an engine, not model weights; give the checkpoint or model it was exported from "
+            "(its manifest.json names it: model.source.path)"
+        )
+
+
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, header metadata) of a safetensors file; a missing or corrupt file raises CheckpointError."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file; check the path")
+    refuse_engine_file(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             header = f.metadata() or {}

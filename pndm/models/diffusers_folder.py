@@ -79,7 +79,8 @@ def _unet_folder(path: Path) -> Path:
     if not (path / "config.json").is_file() and (path / "unet" / "config.json").is_file():
         return path / "unet"
     if not (path / "config.json").is_file():
-        raise CheckpointError(f"{path}: not a diffusers model folder (no config.json inside)")
+        run = " (a pndm-train run folder: give its ema.safetensors)" * (path / "ema.safetensors").is_file()
+        raise CheckpointError(f"{path}: not a diffusers model folder (no config.json inside){run}")
     return path
 
 

@@ -23,7 +23,7 @@ from pndm.errors import CheckpointError, PndmError
 from pndm.fileio import sha256_file
 from pndm.models import registry
 from pndm.models.architectures import MODULES, build_model
-from pndm.models.checkpoint import read_checkpoint_config, read_safetensors
+from pndm.models.checkpoint import read_checkpoint_config, read_safetensors, refuse_engine_file
 from pndm.models.configs import ParsedConfig, image_shape, model_config, parse_config, read_config_file
 from pndm.models.diffusers_folder import load_folder
 from pndm.models.infer import detect_layout, infer_config
@@ -114,6 +114,7 @@ def _load_file(path: Path, config: ConfigArg, allow_pickle: bool) -> tuple[nn.Mo
     elif path.suffix in TORCH_SUFFIXES:
         state = read_torch_state_dict(path, allow_pickle)
     else:
+        refuse_engine_file(path)
         raise CheckpointError(
             f"{path}: unsupported file type {path.suffix!r}; expected .ckpt/.pt/.pth/.bin, .safetensors, "
             "an EDM .pkl or a diffusers folder"
@@ -219,7 +220,7 @@ def _load_named(name: str, config: ConfigArg, allow_pickle: bool) -> tuple[nn.Mo
         raise PndmError(
             f"no weights for named model {name!r} in {weights_dir()} (looked for {', '.join(entry.files)}); "
             f"get {entry.origin}, put it there (or set $PNDM_MODELS_DIR), or build the untrained "
-            "architecture with random_init=True"
+            f"architecture with random_init=True (pndm-export build --model {name} --random-init)"
         )
     if config is None and weights.suffix in TORCH_SUFFIXES:
         config = {"architecture": entry.architecture, "model": entry.model,

@@ -40,7 +40,7 @@ def _check_inputs(method: str, x_T, steps, schedule, eta: float, tol: float) -> 
             what = f"{x_T.dtype} tensor of shape {tuple(x_T.shape)}"
         raise PndmError(f"x_T must be a floating-point (B, C, H, W) tensor (got {what})")
     if eta != 0 and not info.accepts_eta:
-        raise PndmError(f"eta={eta} applies only to ddim; drop eta for {method} (ddim with eta=1 is ddpm)")
+        raise PndmError(f"eta={eta} applies only to ddim (ddim with eta=1 is ddpm); for {method} drop it")
     if not eta >= 0:
         raise PndmError(f"eta must be >= 0 (got {eta}); 0 is deterministic DDIM, 1 is DDPM's variance")
     if not tol > 0:
