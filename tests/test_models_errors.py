@@ -211,3 +211,23 @@ def test_bare_full_size_weights_match_a_named_config(tmp_path):
         state = build_model("ddpm", DDPM_CONFIGS["cifar10"]).state_dict()
     parsed, note = infer_config(state, "ddpm", tmp_path / "ema_cifar10.ckpt")
     assert parsed.model.resolution == 32 and "'cifar10'" in note
+
+
+def test_an_engine_or_a_run_folder_given_as_the_model_says_what_to_give(tmp_path):
+    engine = tmp_path / "unet.onnx"
+    engine.write_bytes(b"onnx")
+    with pytest.raises(CheckpointError, match="an engine, not model weights; give the checkpoint or model"):
+        load(engine)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "ema.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="a pndm-train run folder: give its ema.safetensors"):
+        load(run)
+
+
+def test_eta_for_another_method_names_the_flag_on_the_command_line(tmp_path):
+    from pndm.cli import run_cli
+
+    args = ["--method", "f-pndm", "--eta", "0.5", "--steps", "5", "-n", "1", "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(run_cli, ["sample", "--engine", "default", *args])
+    assert_one_line_error(result, "--eta 0.5 applies only to ddim", "for f-pndm drop it")

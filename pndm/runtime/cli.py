@@ -224,6 +224,10 @@ def sample(
     from pndm.runtime.seeds import dist_env, seed_list, shard_seeds
 
     check_grid_options(method, steps, grid, recipe_path)
+    if recipe_path is None and grid != "tuned":  # a recipe's method is checked once it is read
+        from pndm.solvers.api import check_eta
+
+        check_eta(method, eta)
     env = dist_env()
     all_seeds = seed_list(seed, num)
     my_seeds = shard_seeds(all_seeds, env.rank, env.world_size)

@@ -39,13 +39,18 @@ def _check_inputs(method: str, x_T, steps, schedule, eta: float, tol: float) -> 
         if isinstance(x_T, torch.Tensor):
             what = f"{x_T.dtype} tensor of shape {tuple(x_T.shape)}"
         raise PndmError(f"x_T must be a floating-point (B, C, H, W) tensor (got {what})")
-    if eta != 0 and not info.accepts_eta:
-        raise PndmError(f"eta={eta} applies only to ddim (ddim with eta=1 is ddpm); for {method} drop it")
-    if not eta >= 0:
-        raise PndmError(f"eta must be >= 0 (got {eta}); 0 is deterministic DDIM, 1 is DDPM's variance")
+    check_eta(method, eta)
     if not tol > 0:
         raise PndmError(f"tol must be > 0 (got {tol}); it is pf's relative and absolute tolerance")
     return info
+
+
+def check_eta(method: str, eta: float) -> None:
+    """eta (DDIM's noise, eq. 16) is >= 0, and nonzero only for ddim."""
+    if eta != 0 and not METHODS[method].accepts_eta:
+        raise PndmError(f"eta={eta} applies only to ddim (ddim with eta=1 is ddpm); for {method} drop it")
+    if not eta >= 0:
+        raise PndmError(f"eta must be >= 0 (got {eta}); 0 is deterministic DDIM, 1 is DDPM's variance")
 
 
 def _method_options(info: MethodInfo, options: dict | None) -> dict:
