@@ -130,6 +130,9 @@ def test_a_model_name_recipe_is_in_the_current_folder_named_absolutely(tmp_path,
     monkeypatch.chdir(tmp_path)
     assert default_recipe_path("default") == tmp_path / "recipe.json"
     assert default_recipe_path(str(tmp_path)) == tmp_path / "recipe.json"
+    (tmp_path / "eng").mkdir()
+    (tmp_path / "eng" / "unet.onnx").write_bytes(b"")
+    assert default_recipe_path("eng/unet.onnx") == tmp_path / "eng" / "recipe.json"  # relative given
 
 
 # --- 5. --recipe / --grid tuned refuse an explicit --method or --steps ---

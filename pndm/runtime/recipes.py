@@ -51,9 +51,9 @@ def _same_engine(recorded: dict, current: dict) -> bool:
 
 def default_recipe_path(engine_path: str) -> Path:
     """``recipe.json`` in the engine's folder (the folder itself, or the folder of an engine file;
-    for a model name, which has no folder, the current folder, as an absolute path so that messages
-    say where)."""
-    path = Path(engine_path)
+    for a model name, which has no folder, the current folder), as an absolute path so that messages
+    say where."""
+    path = Path(engine_path).absolute()
     if path.is_dir():
         return path / RECIPE_NAME
     if path.is_file():
