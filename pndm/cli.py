@@ -113,6 +113,10 @@ def _run_command(main, *args, command: click.Command | None = None, **kwargs):
     except click.BadParameter as e:  # a bad option value: one line, like every other user error
         click.echo(f"error: {e.format_message()}", err=True)
         sys.exit(EXIT_USER_ERROR)
+    except click.UsageError as e:  # an unknown option or command, a missing value: one line and where to look
+        where = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
+        click.echo(f"error: {e.format_message().rstrip('.')}{where}", err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

@@ -159,6 +159,14 @@ def test_unknown_method(engine_dir, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(("args", "fragments"), [
+    (["sample", "--bogus", "1"], ["No such option '--bogus'", " sample --help)"]),  # "(see PROG ...)"
+    (["bogus"], ["No such command 'bogus' (see ", " --help)"]),
+])
+def test_an_unknown_option_or_command_is_one_line_naming_the_help(args, fragments):
+    assert_one_line_error(run(*args), *fragments)
+
+
 def test_batch_outside_profile(engine_dir, tmp_path):
     result = run(
         "sample",
