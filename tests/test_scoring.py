@@ -220,8 +220,8 @@ def test_too_few_images_for_precision_recall_is_one_line(digits, reference_npz, 
     result = run("score", str(folder), "--reference", str(reference_npz))
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
-        "error: precision and recall (k=3 nearest neighbours) need more than 3 images in each set, got 3; "
-        "score at least 4 images"]
+        "error: precision and recall (k=3 nearest neighbours) need more than 3 images in each set, got 3 "
+        "samples; score at least 4 images"]
     assert run("score", str(folder), "--reference", str(reference_npz), "--no-pr").exit_code == 0
     swept = run("sweep", "--engine", "default", "-n", "3", "--out", str(tmp_path / "sw"))
     assert swept.exit_code == 2 and "-n" in swept.output and "Traceback" not in swept.output

@@ -246,11 +246,9 @@ def sample(
                 trust=trust_engine,
             )
         engine.set_class_label(class_label)
-        if batch is None:
-            from pndm.runtime.threads import default_batch
+        from pndm.runtime.threads import engine_batch
 
-            batch = default_batch(max(len(my_seeds), 1), engine.batch_range, engine.device.type)
-        engine.check_batch(batch)  # a --batch outside the profile is refused even where -n is smaller
+        batch = engine_batch(engine, batch, max(len(my_seeds), 1))
         if fmt == "png" or save_trajectory:
             from pndm.images import check_png_channels
 
@@ -259,6 +257,7 @@ def sample(
         method, steps, grid, grid_name = resolve_grid(engine, engine_path, method, steps, grid, recipe_path)
         recorder = None
         if save_trajectory and env.is_main:
+            from pndm.images import TRAJECTORY_PNG
             from pndm.runtime.latents import TrajectoryRecorder
 
             recorder = TrajectoryRecorder(engine)
@@ -290,7 +289,7 @@ def sample(
             phases.add("sampling", run.wall_seconds - run.first_call_seconds)
         if recorder is not None:
             with phases.phase("writing"):
-                recorder.save_strip(folder / "trajectory.png", run.images)
+                recorder.save_strip(folder / TRAJECTORY_PNG, run.images)
         options = {
             "eta": eta, "clip_x0": clip_x0, "grid": grid_name, "graph_loop": graph_loop, "threads": threads,
         }
@@ -388,11 +387,9 @@ def check(
         prepare_out_file(json_path, "--json")
     threads = set_threads(threads)
     candidate = load_engine(engine_path, device, threads=threads, trust=trust_engine)
-    if batch is None:
-        from pndm.runtime.threads import default_batch
+    from pndm.runtime.threads import engine_batch
 
-        batch = default_batch(num, candidate.batch_range, candidate.device.type)
-    candidate.check_batch(batch)  # a --batch outside the profile is refused even where -n is smaller
+    batch = engine_batch(candidate, batch, num)
     method, steps, grid, _ = resolve_grid(candidate, engine_path, method, steps, grid, recipe_path)
     ref = find_reference(candidate, reference, candidate.device, threads=threads)
     for engine in (candidate, ref):

@@ -29,7 +29,9 @@ from pndm.validate import Device
 @click.option("--method", type=MethodChoice(deterministic=True), default="ddim", show_default=True,
               help="Solver; deterministic ones only, so that each image is a function of its x_T.")
 @click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True, help="Solver steps N.")
-@click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True, help="Images per call.")
+@click.option("--batch", type=click.IntRange(min=1), default=None,
+              help="Images per engine call; must lie in the engine's batch profile. Default: as pndm-run "
+                   "sample (all frames in one call where the profile allows, at most 64 on the CPU).")
 @clip_x0_option
 @click.option("--out", default="interpolation", show_default=True,
               help="Output folder: frame_<k>.png, strip.png and run.json.")
@@ -40,7 +42,7 @@ from pndm.validate import Device
 def interpolate(engine_path, seeds, frames, method, steps, batch, clip_x0, out, device, threads,
                 trust_engine):
     """Decode spherical interpolations between two seeds' noise x_T into a strip of images."""
-    from pndm.images import make_grid, save_png, to_uint8
+    from pndm.images import STRIP_PNG, make_grid, save_png, to_uint8
     from pndm.runtime.latents import interpolate_seeds
     from pndm.runtime.loader import load_engine
     from pndm.runtime.outputs import staged_output, write_json
@@ -49,12 +51,15 @@ def interpolate(engine_path, seeds, frames, method, steps, batch, clip_x0, out, 
     threads = set_threads(threads)
     with staged_output(out) as folder:  # all or nothing: the previous --out stays until the new one is whole
         engine = load_engine(engine_path, device, threads=threads, trust=trust_engine)
+        from pndm.runtime.threads import engine_batch
+
+        batch = engine_batch(engine, batch, frames)
         images = interpolate_seeds(engine, seeds[0], seeds[1], frames, method=method, steps=steps,
                                    batch=batch, clip_x0=clip_x0)
         pixels = to_uint8(images)
         for k, image in enumerate(pixels):
             save_png(image, folder / f"frame_{k:03d}.png")
-        save_png(make_grid(pixels, ncols=frames), folder / "strip.png")
+        save_png(make_grid(pixels, ncols=frames), folder / STRIP_PNG)
         write_json({"seeds": list(seeds), "frames": frames, "method": method, "steps": steps,
                     "clip_x0": clip_x0, "interpolation": "slerp", "engine": engine.describe()},
                    folder / "run.json")

@@ -37,13 +37,13 @@ from pndm.fileio import (
     recover_dir,
     replace_dir,
 )
-from pndm.images import make_grid, save_png
+from pndm.images import COLLAGE_NAMES, GRID_PNG, make_grid, save_png
 
 GRID_MAX_IMAGES = 64  # grid.png shows the first 64 seeds; every image is still written on its own
 # What a run of pndm-run sample / interpolate / sweep writes into --out (and the temporary names of pndm's
 # earlier versions).
-_NAMES = (r"(seed\d{6,}\.png|grid\.png|run\.json|samples\.npz|trajectory\.png|frame_\d{3,}\.png|strip\.png"
-          r"|sweep\.(json|md|png))")
+_NAMES = (r"(seed\d{6,}\.png|run\.json|samples\.npz|frame_\d{3,}\.png|sweep\.(json|md|png)|"
+          + "|".join(re.escape(name) for name in sorted(COLLAGE_NAMES)) + ")")
 RUN_FILES = re.compile(rf"^({_NAMES}|\.{_NAMES}\.\w+\.tmp|\.pndm-write-test)$")
 
 
@@ -170,7 +170,7 @@ def write_npz(pixels: torch.Tensor, seeds: list[int], out: Path) -> Path:
 
 
 def write_grid(pixels: torch.Tensor, out: Path) -> None:
-    save_png(make_grid(pixels[:GRID_MAX_IMAGES]), out / "grid.png")
+    save_png(make_grid(pixels[:GRID_MAX_IMAGES]), out / GRID_PNG)
 
 
 def versions() -> dict:

@@ -34,9 +34,13 @@ def default_threads() -> int:
     return max(1, physical_cores() // max(local_processes, 1))
 
 
-def default_batch(num_images: int, batch_range: tuple[int, int], device_type: str) -> int:
-    """Images per engine call when ``--batch`` is not given: all of them in one call where the
-    engine's profile allows it (fewest calls), capped at :data:`CPU_BATCH_CAP` on the CPU."""
-    lo, hi = batch_range
-    cap = hi if device_type == "cuda" else min(hi, CPU_BATCH_CAP)
-    return max(lo, min(num_images, cap))
+def engine_batch(engine, batch: int | None, num_images: int) -> int:
+    """Images per call of ``engine``: ``batch`` (``--batch``), or when None all ``num_images`` in one call
+    where the engine's profile allows it (fewest calls), capped at :data:`CPU_BATCH_CAP` on the CPU. A
+    batch outside the profile raises the engine's one-line error, even where ``num_images`` is smaller."""
+    if batch is None:
+        lo, hi = engine.batch_range
+        cap = hi if engine.device.type == "cuda" else min(hi, CPU_BATCH_CAP)
+        batch = max(lo, min(num_images, cap))
+    engine.check_batch(batch)
+    return batch

@@ -8,6 +8,7 @@ import click
 
 from pndm.cli import debug_option, trust_engine_option
 from pndm.runtime.cli import DEVICE_HELP, THREADS_HELP, MethodChoice, set_threads
+from pndm.runtime.threads import CPU_BATCH_CAP
 from pndm.scoring.frechet import PR_NEIGHBOURS
 from pndm.validate import Device
 
@@ -76,7 +77,10 @@ def _int_list(ctx, param, value):
 @click.option("-n", "--num", type=click.IntRange(min=PR_NEIGHBOURS + 1), default=500, show_default=True,
               help="Images per point (seeds SEED..SEED+num-1, the same at every point; precision and "
                    f"recall need more than their {PR_NEIGHBOURS} neighbours).")
-@click.option("--batch", type=click.IntRange(min=1), default=100, show_default=True, help="Images per call.")
+@click.option("--batch", type=click.IntRange(min=1), default=None,
+              help="Images per engine call; must lie in every engine's batch profile. Default: for each "
+                   f"engine, all -n images in one call where its profile allows (at most {CPU_BATCH_CAP} on "
+                   "the CPU).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="First seed.")
 @click.option("--reference", default="mnist", show_default=True, help=REFERENCE_HELP)
 @click.option("--features", type=click.Choice(["judge", "inception"]), default=None, help=FEATURES_HELP)
@@ -102,7 +106,7 @@ def sweep(engine_paths, methods, steps, grids, num, batch, seed, reference, feat
     from pndm.runtime.outputs import staged_output
     from pndm.runtime.seeds import seed_list
     from pndm.scoring.score import make_featurizer, reference_statistics
-    from pndm.scoring.sweep import engine_labels, format_table, plot, run_sweep
+    from pndm.scoring.sweep import engine_batches, engine_labels, format_table, plot, run_sweep
     from pndm.solvers.grid import parse_grid
 
     for method in methods:  # bad options fail before any work
@@ -114,8 +118,6 @@ def sweep(engine_paths, methods, steps, grids, num, batch, seed, reference, feat
     labels = engine_labels(engine_paths)
     threads = set_threads(threads)
     with staged_output(out) as folder:  # all or nothing: the previous --out stays until the new one is whole
-        featurizer = make_featurizer(features or ("inception" if inception else "judge"), inception)
-        ref = reference_statistics(featurizer, reference)
         engines = {}
         for path, label in zip(engine_paths, labels, strict=True):
             engine = load_engine(path, device, threads=threads, trust=trust_engine)
@@ -124,7 +126,10 @@ def sweep(engine_paths, methods, steps, grids, num, batch, seed, reference, feat
         if len(shapes) > 1:
             raise PndmError(f"the engines take different image shapes {sorted(shapes)}: sweep one model at a "
                             "time")
-        result = run_sweep(engines, methods, steps, seeds, batch, ref, featurizer,
+        batches = engine_batches(engines, batch, num)
+        featurizer = make_featurizer(features or ("inception" if inception else "judge"), inception)
+        ref = reference_statistics(featurizer, reference)
+        result = run_sweep(engines, methods, steps, seeds, batches, ref, featurizer,
                            grids=grids or (None,), clip_x0=clip_x0, progress=progress)
         table = format_table(result)
         atomic_write_text(folder / "sweep.json", json.dumps(result, indent=2) + "\n")

@@ -56,10 +56,11 @@ def _radii(points: np.ndarray, k: int) -> np.ndarray:
 
 def precision_recall(samples: np.ndarray, reference: np.ndarray, k: int = PR_NEIGHBOURS) -> dict[str, float]:
     """Improved precision and recall (the module docstring) of ``samples`` against ``reference``."""
-    fewest = min(len(samples), len(reference))
-    if fewest <= k:
-        raise PndmError(f"precision and recall (k={k} nearest neighbours) need more than {k} images in each "
-                        f"set, got {fewest}; score at least {k + 1} images")
+    for points, what, fix in ((samples, "samples", f"score at least {k + 1} images"),
+                              (reference, "reference images", f"use a reference of at least {k + 1} images")):
+        if len(points) <= k:
+            raise PndmError(f"precision and recall (k={k} nearest neighbours) need more than {k} images in "
+                            f"each set, got {len(points)} {what}; {fix}")
     samples, reference = np.asarray(samples, np.float64), np.asarray(reference, np.float64)
     cross = _pairwise(samples, reference)
     precision = (cross <= _radii(reference, k)[None, :]).any(axis=1).mean()

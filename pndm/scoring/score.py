@@ -4,11 +4,13 @@ Feature networks (``features``):
 - ``judge``: pndm's shipped feature judge (:mod:`pndm.scoring.judge`), 128-d, for 28x28 grey data
   (MNIST digits, Fashion-MNIST); other images are converted to grey and resized to 28x28;
 - ``inception``: FID's Inception-v3 (:mod:`pndm.scoring.inception`), 2048-d, from a weights file.
-Images: a folder of image files (a ``pndm-run sample`` folder: its ``grid.png`` is skipped), an
-``.npz`` (``images`` uint8), an IDX file, or a named data set (``mnist``, ``fashion-mnist``).
+Images: a folder of image files of one size (a ``pndm-run sample`` or ``interpolate`` folder: pndm's
+``grid.png``, ``trajectory.png`` and ``strip.png`` are skipped), an ``.npz`` (``images`` uint8), an
+IDX file, or a named data set (``mnist``, ``fashion-mnist``).
 
 The reference's features are cached in ``$PNDM_CACHE_DIR/scoring`` as ``.npz`` (``features``,
-``mu``, ``sigma``), keyed by the feature network's weights and the reference's pixels; a reference
+``mu``, ``sigma``), keyed by the feature network's weights and the reference's pixels (where that
+folder cannot be written, a note says so and scoring goes on without the cache); a reference
 can also be an ``.npz`` of statistics (``mu``, ``sigma``, as pytorch-fid writes), then without
 baseline or precision/recall. The real-vs-real baseline is the same distance between two disjoint
 parts of the reference: n images (n = the number of samples, at most half the reference) drawn with
@@ -20,14 +22,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pndm.errors import PndmError
-from pndm.scoring.frechet import frechet_distance, precision_recall, statistics
+from pndm.errors import PndmError, os_error_message
+from pndm.scoring.frechet import PR_NEIGHBOURS, frechet_distance, precision_recall, statistics
 
 FEATURES = ("judge", "inception")
 PR_MAX_REFERENCE = 5000
@@ -87,10 +90,11 @@ def make_featurizer(features: str = "judge", inception: str | Path | None = None
 
 
 def _read_folder(folder: Path) -> torch.Tensor:
-    """A sample folder's images (its ``grid.png`` left out)."""
-    from pndm.images import IMAGE_SUFFIXES, read_image_files
+    """A folder's images (pndm's pictures of several images left out)."""
+    from pndm.images import COLLAGE_NAMES, IMAGE_SUFFIXES, read_image_files
 
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name != "grid.png")
+    files = sorted(p for p in folder.iterdir()
+                   if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in COLLAGE_NAMES)
     if not files:
         raise PndmError(f"{folder}: no images in this folder")
     return read_image_files(files, str(folder))
@@ -114,15 +118,21 @@ def load_image_set(source: str | Path) -> torch.Tensor:
 
 
 def _is_statistics_file(path: Path) -> bool:
-    """An .npz holding ``mu`` and ``sigma`` (one that cannot be read is left to :func:`load_image_set`,
-    whose error names the problem)."""
+    """An .npz holding ``mu`` and ``sigma``; one of them without the other (and no ``images``) is refused.
+    One that cannot be read is left to :func:`load_image_set`, whose error names the problem."""
     if path.suffix != ".npz" or not path.is_file():
         return False
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {"mu", "sigma"} <= set(data.keys())
+            keys = set(data.keys())
     except (OSError, ValueError):
         return False
+    found = keys & {"mu", "sigma"}
+    if len(found) == 1 and "images" not in keys:
+        missing = ({"mu", "sigma"} - found).pop()
+        raise PndmError(f"{path}: a statistics .npz holds mu and sigma, this one has no {missing}: save both "
+                        "(numpy.savez(path, mu=mu, sigma=sigma))")
+    return len(found) == 2
 
 
 @dataclass
@@ -155,12 +165,18 @@ def reference_statistics(featurizer: Featurizer, source: str | Path) -> Referenc
             return Reference(data["mu"], data["sigma"], data["features"], str(source), str(cache))
     features = featurizer(images)
     mu, sigma = statistics(features)
-    cache.parent.mkdir(parents=True, exist_ok=True)
+    features = features.astype(np.float32)
     buffer = io.BytesIO()
-    np.savez(buffer, features=features.astype(np.float32), mu=mu, sigma=sigma)
-    with atomic_path(cache) as tmp:
-        tmp.write_bytes(buffer.getvalue())
-    return Reference(mu, sigma, features.astype(np.float32), str(source), str(cache))
+    np.savez(buffer, features=features, mu=mu, sigma=sigma)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache) as tmp:
+            tmp.write_bytes(buffer.getvalue())
+    except OSError as error:  # the cache only saves time
+        print(f"note: the scoring cache in {cache.parent} cannot be used ({os_error_message(error)}); "
+              "scoring without it. Set PNDM_CACHE_DIR to a writable folder to cache", file=sys.stderr)
+        return Reference(mu, sigma, features, str(source), None)
+    return Reference(mu, sigma, features, str(source), str(cache))
 
 
 def _pr_reference(features: np.ndarray) -> np.ndarray:
@@ -187,6 +203,11 @@ def real_vs_real(reference: Reference, n: int, with_pr: bool = True) -> dict | N
     if reference.features is None:
         return None
     features = reference.features
+    if with_pr and len(features) // 2 <= PR_NEIGHBOURS:
+        k = PR_NEIGHBOURS
+        raise PndmError(f"the reference has {len(features)} images: the real-vs-real baseline splits it in "
+                        f"two, and precision and recall need more than {k} images in each part; use a "
+                        f"reference of at least {2 * (k + 1)} images")
     n = min(n, len(features) // 2)
     order = np.random.default_rng(BASELINE_SEED).permutation(len(features))
     part, rest = features[order[:n]], features[order[n:]]

@@ -35,26 +35,37 @@ def engine_labels(paths: list[str]) -> list[str]:
     return labels(next((d for d in range(1, longest) if len(set(labels(d))) == len(parts)), longest))
 
 
+def engine_batches(engines: dict[str, object], batch: int | None, num: int) -> dict[str, int]:
+    """Images per call for each engine (:func:`pndm.runtime.threads.engine_batch`: ``batch``, or the
+    default of ``pndm-run sample`` for ``num`` images), checked against each profile before any work."""
+    from pndm.runtime.threads import engine_batch
+
+    return {label: engine_batch(engine, batch, num) for label, engine in engines.items()}
+
+
 def run_sweep(engines: dict[str, object], methods: Iterable[str], steps: Iterable[int], seeds: list[int],
-              batch: int, reference: Reference, featurizer: Featurizer, *,
+              batches: dict[str, int], reference: Reference, featurizer: Featurizer, *,
               grids: Iterable[str | None] = (None,), clip_x0: bool = False, progress: bool = True) -> dict:
     """Rows ``{engine, method, grid, steps, nfe, fd, precision, recall, seconds}`` and the baseline.
 
-    ``grids``: names from :data:`pndm.solvers.GRIDS` (None: each method's default grid).
+    ``batches``: images per call for each engine (:func:`engine_batches`). ``grids``: names from
+    :data:`pndm.solvers.GRIDS` (None: each method's default grid).
     """
     from pndm.runtime.sampling import sample_seeds
 
+    baseline = real_vs_real(reference, len(seeds))  # first: a reference too small is refused before sampling
     rows = []
     for label, engine in engines.items():
         for method in methods:
             for grid in grids:
                 for n in steps:
-                    run = sample_seeds(engine, seeds, method=method, steps=n, batch=batch, clip_x0=clip_x0,
-                                       grid=grid, progress=progress, desc=f"{label} {method} {n}")
+                    run = sample_seeds(engine, seeds, method=method, steps=n, batch=batches[label],
+                                       clip_x0=clip_x0, grid=grid, progress=progress,
+                                       desc=f"{label} {method} {n}")
                     result = compare(featurizer(_to_nchw_uint8(run.images)), reference)
                     rows.append({"engine": label, "method": method, "grid": grid or "default", "steps": n,
                                  "nfe": run.nfe, **result, "seconds": run.wall_seconds})
-    return {"rows": rows, "real_vs_real": real_vs_real(reference, len(seeds)), "clip_x0": clip_x0,
+    return {"rows": rows, "real_vs_real": baseline, "clip_x0": clip_x0,
             "features": featurizer.name, "num_samples": len(seeds), "reference": reference.source}
 
 
