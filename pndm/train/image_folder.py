@@ -10,13 +10,14 @@ from pndm.errors import PndmError
 from pndm.images import IMAGE_SUFFIXES, read_image_files
 
 
-def read_image_folder(folder: Path) -> torch.Tensor:
-    """All images under ``folder`` (recursively) as uint8 (N, C, H, W); they must share one size and mode."""
+def read_image_folder(folder: Path, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """All images under ``folder`` (recursively) as uint8 (N, C, H, W): each resized to ``size`` (H, W), or
+    without it all of one size."""
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         raise PndmError(f"--data {folder}: the folder holds no images ({suffixes})")
-    return read_image_files(files, f"--data {folder}", hint=" (or pass --resize)")
+    return read_image_files(files, f"--data {folder}", hint=" (or pass --resize)", size=size)
 
 
 def read_npz(path: Path) -> torch.Tensor:

@@ -23,7 +23,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from dataclasses import asdict, dataclass
+import platform
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -61,8 +62,7 @@ class TrainConfig:
     resize: bool = False
     init_from: str | None = None
     t_focus: str | None = None
-    prediction: str = "epsilon"
-
+    prediction: str | None = None  # None: the init_from model's, else "epsilon"
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -74,6 +74,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, device: str = "cpu"):
         self.config = config
+        self.notes: list[str] = []  # lines for the user: a setting taken from elsewhere, a slow choice
         self.device = available_device(device)
         self.rank, self.world = _rank_and_world()
         self.out = Path(config.out)
@@ -82,7 +83,8 @@ class Trainer:
         self.alphas_cumprod = self.schedule.alphas_cumprod.to(self.device, torch.float32)
 
         channels, resolution = self.model_config["in_channels"], self.model_config["resolution"]
-        images = fit_resolution(load_images(config.data), resolution, channels, resize=config.resize)
+        size = (resolution, resolution) if config.resize else None
+        images = fit_resolution(load_images(config.data, size), resolution, channels, resize=config.resize)
         if len(images) == 0:
             raise PndmError(f"--data {config.data}: no images found")
         self.images = images  # uint8, scaled per batch to keep memory small
@@ -92,6 +94,11 @@ class Trainer:
         self.model = build_model("ddpm", self.model_config).to(self.device)
         if config.init_from:
             self._load_initial_weights(config.init_from)
+        elif config.prediction is None:
+            self.config = replace(config, prediction="epsilon")
+        if config.bf16 and self.device.type == "cpu" and not _cpu_has_bf16():
+            self.notes.append("warning: --bf16 on a CPU without bf16 instructions (AVX-512 BF16 or AMX) "
+                              "trains several times slower than fp32; train without it (--no-bf16)")
         self.t_focus = _parse_t_focus(config.t_focus, config.T)
         self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
@@ -103,7 +110,8 @@ class Trainer:
         self.step = 0
 
     def _load_initial_weights(self, source: str) -> None:
-        """Start from the weights of a pndm checkpoint (``--init-from``); ``default`` = the shipped model."""
+        """Start from the weights of a pndm checkpoint (``--init-from``); ``default`` = the shipped model.
+        Without a prediction of its own the run trains the checkpoint's."""
         from pndm.models.registry import DEFAULT_WEIGHTS
 
         state, config = load_checkpoint(DEFAULT_WEIGHTS if source == "default" else source)
@@ -111,6 +119,14 @@ class Trainer:
         if config.get("model") != mine:
             raise PndmError(f"--init-from {source}: its model config differs from --arch {self.config.arch}")
         self.model.load_state_dict(state)
+        theirs = config.get("diffusion", {}).get("prediction", "epsilon")
+        if self.config.prediction is None:
+            self.config = replace(self.config, prediction=theirs)
+            self.notes.append(f"note: --init-from {source} is a {theirs} model, so this run trains {theirs} "
+                              "(--prediction to change it)")
+        elif self.config.prediction != theirs:
+            self.notes.append(f"note: --init-from {source} is a {theirs} model; this run fine-tunes it to "
+                              f"{self.config.prediction} (--prediction)")
 
     # ---- one step -------------------------------------------------------------------------
     def _timesteps(self, g: torch.Generator) -> torch.Tensor:
@@ -243,8 +259,13 @@ class Trainer:
         for option, field in RUN_FIELDS.items():
             if option in allow_change or now[field] == before.get(field):
                 continue
-            if option in ("arch", "data"):
-                detail = 'the model config differs' if option == 'arch' else 'the training images differ'
+            if option == "arch":
+                detail = "the model config differs"
+            elif option == "data" and self.config.resize != training.get("resize", False):
+                option = "resize"  # what made the images differ
+                detail = f"saved {not self.config.resize}, now {self.config.resize}; the images differ"
+            elif option == "data":
+                detail = "the training images differ"
             else:
                 detail = f"saved {before.get(field)!r}, now {now[field]!r}"
             hint = f" (or --allow-change {option})" if option in CHANGEABLE_FIELDS else ""
@@ -284,6 +305,13 @@ def _parse_t_focus(value: str | None, T: int) -> tuple[int, float] | None:
     if not (0 <= start < T and 0.0 <= share <= 1.0):
         raise PndmError(f"--t-focus {value}: START must be in [0, {T - 1}] and SHARE in [0, 1]")
     return start, share
+
+
+def _cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX-512 BF16 or AMX); True for CPUs other than x86."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return True
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def init_distributed() -> None:

@@ -25,6 +25,9 @@ RUN_FIELDS = {"arch": "arch", "data": "data", "schedule": "schedule", "timesteps
               "seed": "seed", "bf16": "bf16", "t-focus": "t_focus",
               "prediction": "prediction"}
 CHANGEABLE_FIELDS = tuple(name for name in RUN_FIELDS if name not in ("arch", "data", "prediction"))
+# What ``--resume`` takes from the saved run where the command line does not give it: those settings
+# (--data is required) and --resize, which decides the training images too.
+RESUMED_FIELDS = (*RUN_FIELDS.values(), "resize")
 
 
 def resolve_arch(arch: str) -> dict[str, Any]:
