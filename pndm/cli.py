@@ -75,7 +75,7 @@ def debug_option(f):
 trust_engine_option = click.option(
     "--trust-engine", is_flag=True, default=False,
     help="Load a .pt2 package or TensorRT plan that pndm did not build on this machine (they carry native "
-    "code: use only files from a source you trust).",
+    "code: use only files from a source you trust). Default: off (only engines this machine's pndm built).",
 )
 """``--trust-engine``, for every command that loads an engine (:mod:`pndm.trust`)."""
 

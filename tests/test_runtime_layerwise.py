@@ -41,3 +41,17 @@ def test_identical_graphs_do_not_diverge(graphs):
     result = compare_layers(good, good, torch.randn(1, 3, 16, 16), torch.tensor([10.0]), tolerance=1e-6)
     assert result["first_divergent"] is None
     assert max(layer["rel_l2"] for layer in result["layers"]) == 0.0
+
+
+def test_layerwise_on_the_fp32_graph_itself_is_refused_before_the_check(tmp_path, monkeypatch):
+    from cli_checks import assert_one_line_error
+    from click.testing import CliRunner
+    from runtime_fixtures import make_engine_dir
+
+    from pndm.cli import run_cli
+
+    monkeypatch.setenv("PNDM_CACHE_DIR", str(tmp_path / "cache"))
+    engine = make_engine_dir(tmp_path / "engine") / "unet.onnx"
+    result = CliRunner().invoke(run_cli, ["check", "--engine", str(engine), "--layerwise", "--steps", "5"])
+    assert_one_line_error(result, "is the fp32 graph itself", "check unet.fp16.onnx instead")
+    assert "lockstep" not in result.output

@@ -202,7 +202,7 @@ clip_x0_option = click.option(
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 @click.option("--save-trajectory", is_flag=True,
               help="Also write trajectory.png: x_t and the denoised estimate at every model evaluation "
-                   "for the first 8 images.")
+                   "for the first 8 images (default: off).")
 @trust_engine_option
 @debug_option
 def sample(
@@ -337,7 +337,7 @@ def sample(
     is_flag=True,
     default=False,
     help="Also compare every intermediate tensor of the fp16 ONNX against the fp32 ONNX (Polygraphy) "
-    "and name the first layer that diverges.",
+    "and name the first layer that diverges (default: off; fp16 ONNX engines only).",
 )
 @click.option(
     "--layerwise-tol",
@@ -391,6 +391,10 @@ def check(
 
     batch = engine_batch(candidate, batch, num)
     method, steps, grid, _ = resolve_grid(candidate, engine_path, method, steps, grid, recipe_path)
+    if layerwise:
+        from pndm.runtime.layerwise import layerwise_graphs
+
+        graphs = layerwise_graphs(candidate, reference)  # before the check: a bad pair fails before any work
     ref = find_reference(candidate, reference, candidate.device, threads=threads)
     for engine in (candidate, ref):
         engine.set_class_label(class_label)
@@ -399,10 +403,10 @@ def check(
         grid=grid,
     )
     if layerwise:
-        from pndm.runtime.layerwise import layerwise_for_check
+        from pndm.runtime.layerwise import compare_layers
 
         x, t = report.probe
-        report.layerwise = layerwise_for_check(candidate, reference, x, t, tolerance=layerwise_tol)
+        report.layerwise = compare_layers(*graphs, x, t, tolerance=layerwise_tol)
     click.echo(format_report(report))
     if report.layerwise:
         from pndm.runtime.layerwise import format_layerwise

@@ -87,18 +87,21 @@ def fp32_onnx_for(candidate: Engine, reference: str | None) -> Path:
     raise EngineError("layerwise=True needs an fp32 ONNX to compare with: pass reference=unet.onnx")
 
 
-def layerwise_for_check(
-    candidate: Engine, reference: str | None, x: torch.Tensor, t: torch.Tensor, *, tolerance: float
-) -> dict:
-    """``--layerwise`` for a checked engine: it must be an ONNX file."""
+def layerwise_graphs(candidate: Engine, reference: str | None) -> tuple[Path, Path]:
+    """(candidate ONNX, fp32 ONNX) that ``--layerwise`` compares, checked before the check runs: the
+    candidate must be an ONNX graph other than the fp32 one."""
     if candidate.backend != "onnxruntime":
         raise EngineError(
             f"layerwise=True compares ONNX graphs, but {candidate.path} is a {candidate.backend} engine: "
             "check unet.fp16.onnx instead"
         )
-    return compare_layers(
-        Path(candidate.path), fp32_onnx_for(candidate, reference), x, t, tolerance=tolerance
-    )
+    graphs = Path(candidate.path), fp32_onnx_for(candidate, reference)
+    if graphs[0].resolve() == graphs[1].resolve():
+        raise EngineError(
+            f"layerwise=True compares a reduced-precision graph with the fp32 one, and {graphs[0]} is the "
+            "fp32 graph itself: check unet.fp16.onnx instead"
+        )
+    return graphs
 
 
 def format_layerwise(result: dict) -> str:
