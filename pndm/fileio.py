@@ -79,6 +79,20 @@ class FolderBusyError(PndmError):
     """Another live process holds the lock of an output folder."""
 
 
+@contextlib.contextmanager
+def parents_undone_on_error(path: str | os.PathLike) -> Iterator[None]:
+    """The body may create ``path``'s missing parent folders; if it fails or is interrupted, those that
+    are still empty are removed again, so a failed run leaves no trace."""
+    created = [p for p in Path(path).absolute().parents if not p.exists()]  # innermost first
+    try:
+        yield
+    except BaseException:
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
 MOUNTINFO = Path("/proc/self/mountinfo")
 
 

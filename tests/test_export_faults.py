@@ -126,6 +126,13 @@ def test_disk_full_while_writing_keeps_the_previous_folder(checkpoint, out, faul
     assert snapshot(out) == before and leftovers(out) == []
 
 
+def test_a_failed_export_into_new_nested_folders_leaves_none_of_them(checkpoint, tmp_path, fault):
+    fault("write@2:enospc")
+    with pytest.raises(OSError):
+        export(checkpoint, tmp_path / "deep" / "a" / "engines", "fp32")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_ctrl_c_before_the_swap_keeps_the_previous_folder(checkpoint, out, fault):
     before = snapshot(out)
     fault("export.publish:sigint")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from pndm.errors import PndmError
 from pndm.faults import fault_point
-from pndm.fileio import folder_lock, recover_dir, replace_dir
+from pndm.fileio import folder_lock, parents_undone_on_error, recover_dir, replace_dir
 
 
 def _staging_name(out: Path, pid: int | str) -> Path:
@@ -82,7 +82,7 @@ def staged_export(out: str | os.PathLike) -> Iterator[Path]:
     if Path.cwd() == out or out in Path.cwd().parents:
         raise PndmError(f"output directory {out} holds the current directory, and an export replaces the "
                         "whole folder; run from outside it or choose another out=DIR")
-    with folder_lock(out):
+    with parents_undone_on_error(out), folder_lock(out):
         clean_stale(out)
         staging = _staging_name(out, os.getpid())
         staging.mkdir()

@@ -34,6 +34,7 @@ from pndm.fileio import (
     atomic_path,
     atomic_write_text,
     folder_lock,
+    parents_undone_on_error,
     recover_dir,
     replace_dir,
 )
@@ -120,9 +121,8 @@ def staged_output(out: str | os.PathLike) -> Iterator[Path]:
     any parent folder this call created) is removed and ``out`` is left as it was.
     """
     out = _named(out, "--out").resolve()
-    created = [p for p in out.parents if not p.exists()]  # innermost first
     staging = out.parent / f".{out.name}.pndm-staging-{os.getpid()}"
-    try:
+    with parents_undone_on_error(out):
         with contextlib.ExitStack() as stack:
             try:
                 stack.enter_context(folder_lock(out))
@@ -142,11 +142,6 @@ def staged_output(out: str | os.PathLike) -> Iterator[Path]:
             finally:
                 if staging.exists():
                     shutil.rmtree(staging)
-    except BaseException:
-        for folder in created:
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
 
 
 def image_name(seed: int) -> str:
