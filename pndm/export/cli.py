@@ -142,7 +142,8 @@ def build(model_name, checkpoint, out, precision, batch_text, opset, trt_mode, t
         model_opts, lambda **over: load_source(model_name, checkpoint, random_init, trust_pickle, **over))
     result = build_engines(model, spec, options, log=_echo_err)
     click.echo(f"wrote {', '.join(result.files)} to {result.out}")
-    click.echo("verification against the PyTorch fp32 model (eps on calibration pairs):")
+    output = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}.get(spec.prediction, spec.prediction)
+    click.echo(f"verification against the PyTorch fp32 model (its output, {output}, on calibration pairs):")
     click.echo(result.table)
     for note in result.notes:
         click.echo(note)

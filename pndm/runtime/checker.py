@@ -377,7 +377,8 @@ def format_report(report: CheckReport) -> str:
     lines = [
         f"candidate: {c['path']} ({c['backend']}, {c['precision']}, {c['device']})",
         f"reference: {report.reference['path']} ({report.reference['backend']}, fp32)",
-        f"method {report.method}, {report.steps} steps, NFE {report.nfe}, {len(report.seeds)} images",
+        f"method {report.method}, {report.steps} step{'s' * (report.steps != 1)}, NFE {report.nfe:g}, "
+        f"{len(report.seeds)} image{'s' * (len(report.seeds) != 1)}",
         "",
         "lockstep (same x_t, t fed to both):",
         f"  {'NFE':>4} {'t':>9} {'rel L2':>10} {'max abs':>10}",

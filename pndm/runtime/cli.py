@@ -298,7 +298,8 @@ def sample(
         return
     seeds = summary["seeds"]
     click.echo(
-        f"wrote {seeds['count']} images to {out} ({method}, {steps} steps, NFE {summary['nfe']}, "
+        f"wrote {seeds['count']} image{'s' * (seeds['count'] != 1)} to {out} ({method}, {steps} "
+        f"step{'s' * (steps != 1)}, NFE {summary['nfe']:g}, "
         f"{summary['latency_per_nfe_ms']:.1f} ms per NFE, {summary['images_per_second']:.2f} images/s)",
         err=True,
     )
