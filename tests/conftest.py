@@ -49,6 +49,13 @@ def pndm_cache_dir(tmp_path_factory) -> Path:
     patch.undo()
 
 
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    """An empty $PNDM_CACHE_DIR of this test's own (modules that need one use it for every test)."""
+    monkeypatch.setenv("PNDM_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
 @pytest.fixture(scope="session")
 def testdata() -> Path:
     if not TESTDATA.is_dir():

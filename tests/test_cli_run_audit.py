@@ -24,9 +24,7 @@ def engine_dir(tmp_path_factory):
     return make_engine_dir(tmp_path_factory.mktemp("engine"))
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("PNDM_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("cache_dir")  # conftest: an empty cache per test
 
 
 def run(*args):

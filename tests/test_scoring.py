@@ -14,11 +14,7 @@ from PIL import Image
 from pndm.cli import run_cli
 from pndm.scoring.frechet import frechet_distance, precision_recall, statistics
 
-
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("PNDM_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+pytestmark = pytest.mark.usefixtures("cache_dir")  # conftest: an empty cache per test
 
 
 def run(*args):

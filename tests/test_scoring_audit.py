@@ -20,10 +20,7 @@ def engine_dir(tmp_path_factory):
     return make_engine_dir(tmp_path_factory.mktemp("engine"))  # batch profile [1, 8]
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("PNDM_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+pytestmark = pytest.mark.usefixtures("cache_dir")  # conftest: an empty cache per test
 
 
 def run(*args):
