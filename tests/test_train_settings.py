@@ -141,3 +141,10 @@ def test_resize_reads_an_image_folder_of_mixed_sizes(tmp_path):
     with pytest.raises(PndmError, match=r"b.png is 24x30 but a.png is 20x20; all images must share one size "
                                         r"\(or pass --resize\)"):
         load_images(str(folder))
+
+
+def test_no_progress_hides_the_bar(digits, tmp_path):
+    shown, hidden = invoke(digits / "28.npz", tmp_path / "a"), invoke(digits / "28.npz", tmp_path / "b",
+                                                                     "--no-progress")
+    assert shown.exit_code == hidden.exit_code == 0
+    assert "train:" in shown.output and "train:" not in hidden.output

@@ -73,8 +73,9 @@ SEED_MAX = (2**64 - 1000) // 1000
                    "uniform on [0, T-1])]")
 @click.option("--device", type=Device(allow_auto=False), default="cpu",
               help="Torch device (cpu, cuda, cuda:N).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 @debug_option
-def train(device, resume, allow_change, **options):
+def train(device, resume, allow_change, progress, **options):
     """Train a DDPM UNet (eps or v prediction) and write pndm checkpoints.
 
     Under `torchrun --nproc_per_node=K` the same command trains data-parallel
@@ -115,6 +116,6 @@ def train(device, resume, allow_change, **options):
         on_sample = None
         if trainer.config.sample_every:
             from pndm.train.preview import save_preview as on_sample
-        trainer.run(on_sample=on_sample)
+        trainer.run(on_sample=on_sample, progress=progress)
     if trainer.rank == 0:
         click.echo(f"wrote {trainer.out / 'ema.safetensors'} (EMA weights, step {trainer.step})", err=True)

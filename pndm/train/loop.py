@@ -275,11 +275,11 @@ class Trainer:
             )
 
     # ---- the run --------------------------------------------------------------------------
-    def run(self, on_sample=None) -> None:
+    def run(self, on_sample=None, progress: bool = True) -> None:
         cfg = self.config
         self.out.mkdir(parents=True, exist_ok=True)
         # The context closes the bar (ending its line) before an error is printed, so that stays one line.
-        with tqdm(total=cfg.steps, initial=self.step, desc="train", disable=self.rank != 0,
+        with tqdm(total=cfg.steps, initial=self.step, desc="train", disable=self.rank != 0 or not progress,
                   dynamic_ncols=True) as bar:
             while self.step < cfg.steps:
                 loss = self.train_step()
