@@ -54,9 +54,9 @@ from pndm.export.quantize import (
     DEFAULT_CALIBRATOR,
     PLACEMENTS,
     QUANT_PRECISIONS,
+    check_quant_opset,
     quantize_engines,
 )
-from pndm.export.quantize import MIN_OPSET as QUANT_MIN_OPSET
 from pndm.export.trajectory_guard import GUARD_SEEDS, trajectory_guard
 from pndm.export.verify import (
     compare,
@@ -116,10 +116,8 @@ def check_options(options: ExportOptions) -> str | None:
         raise PndmError(f"unknown calibrator {options.calibrator!r}; choose one of {', '.join(CALIBRATORS)}")
     if options.keep_float and options.precision not in QUANT_PRECISIONS:
         raise PndmError(f"--keep-float applies to --precision int8 or fp8, not {options.precision}")
-    if options.precision in QUANT_PRECISIONS and options.opset < QUANT_MIN_OPSET[options.precision]:
-        wanted = QUANT_MIN_OPSET[options.precision]
-        raise PndmError(f"{options.precision} Q/DQ graphs need opset >= {wanted}: export with "
-                        f"--opset {max(wanted, DEFAULT_OPSET)}")
+    if options.precision in QUANT_PRECISIONS:
+        check_quant_opset(options.precision, options.opset)
     if not options.placements or any(p not in PLACEMENTS for p in options.placements):
         raise PndmError(f"int8 placements must be among {', '.join(PLACEMENTS)}, got {options.placements}")
     check_pt2_device(options.pt2_device, options.precision)

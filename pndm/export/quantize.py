@@ -49,6 +49,7 @@ from onnx import TensorProto, numpy_helper
 
 from pndm.errors import PndmError
 from pndm.export.fp16_graph import convert_to_fp16, fp32_islands
+from pndm.export.onnx_export import DEFAULT_OPSET, opset_of
 from pndm.export.precision import limit_excess, rel_l2_limit
 
 QUANT_PRECISIONS = ("int8", "fp8")
@@ -167,6 +168,14 @@ def require_calibration_data(x: np.ndarray, eps: np.ndarray, precision: str) -> 
         )
 
 
+def check_quant_opset(precision: str, opset: int) -> None:
+    """Refuse an opset older than ``precision``'s Q/DQ operators need (:data:`MIN_OPSET`)."""
+    least = MIN_OPSET[precision]
+    if opset < least:
+        raise PndmError(f"{precision} Q/DQ graphs need opset >= {least} (got {opset}); export with "
+                        f"--opset {max(least, DEFAULT_OPSET)}")
+
+
 class Quantizer:
     """Quantizes one fp32 graph repeatedly (different placements, float layers) from one calibration."""
 
@@ -178,10 +187,7 @@ class Quantizer:
             raise PndmError(f"unknown quantized precision {precision!r}; choose one of {QUANT_PRECISIONS}")
         if calibrator not in CALIBRATORS:
             raise PndmError(f"unknown calibrator {calibrator!r}; choose one of {', '.join(CALIBRATORS)}")
-        opset = next((o.version for o in fp32.opset_import if o.domain in ("", "ai.onnx")), 0)
-        if opset < MIN_OPSET[precision]:
-            raise PndmError(f"{precision} Q/DQ graphs need opset >= {MIN_OPSET[precision]} (this graph: "
-                            f"{opset}); export with --opset {max(MIN_OPSET[precision], 20)}")
+        check_quant_opset(precision, opset_of(fp32) or 0)
         self.fp32, self.precision, self.calibrator = fp32, precision, calibrator
         self.x, self.t, self.batch = x, t, batch
         self.islands = sorted(fp32_islands(fp32.graph))

@@ -5,15 +5,8 @@ from __future__ import annotations
 import click
 
 from pndm.cli import debug_option, trust_engine_option
-from pndm.runtime.cli import (
-    DEVICE_HELP,
-    ENGINE_HELP,
-    THREADS_HELP,
-    MethodChoice,
-    clip_x0_option,
-    set_threads,
-)
-from pndm.runtime.options import check_steps
+from pndm.runtime.cli import MethodChoice, clip_x0_option, set_threads
+from pndm.runtime.options import DEVICE_HELP, ENGINE_HELP, THREADS_HELP, check_steps
 from pndm.runtime.outputs import GRID_MAX_IMAGES
 from pndm.runtime.seeds import SEED_MAX
 from pndm.validate import Device

@@ -7,7 +7,8 @@ import json
 import click
 
 from pndm.cli import debug_option, trust_engine_option
-from pndm.runtime.cli import DEVICE_HELP, THREADS_HELP, MethodChoice, set_threads
+from pndm.runtime.cli import MethodChoice, set_threads
+from pndm.runtime.options import DEVICE_HELP, THREADS_HELP
 from pndm.runtime.threads import CPU_BATCH_CAP
 from pndm.scoring.frechet import PR_NEIGHBOURS
 from pndm.validate import Device
