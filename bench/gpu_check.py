@@ -4,19 +4,19 @@ PyTorch (CUDA) but no internet. Installs nothing (the Makefile only runs
 
 1. Preflight: which of torch (CUDA), diffusers, onnxruntime-gpu and TensorRT are here. Without a
    CUDA device it stops after one line saying so (exit 0: nothing to check on this machine).
-2. ``pytest -m "cuda or trt"``: counts of passed / failed / skipped (TensorRT and ORT-CUDA tests
-   skip with their reason when those packages are absent).
-3. Engines as a user builds them: ``pndm-export build --model cifar10 --random-init --precision P
+2. Engines as a user builds them: ``pndm-export build --model cifar10 --random-init --precision P
    --pt2-device cuda`` for P = fp16 and bf16 (the CIFAR-10 DDPM UNet, 35.7M parameters, random
    weights: speed does not depend on training), each verified on the GPU by the export.
-4. The sampling loop, at equal NFE (F-PNDM 20 steps = diffusers PNDMPipeline 20 steps = 29 model
+3. The sampling loop, at equal NFE (F-PNDM 20 steps = diffusers PNDMPipeline 20 steps = 29 model
    calls), batch 1 and 64: diffusers PNDMPipeline fp32 and fp16 eager (a UNet2DModel of the same
    architecture) against pndm's CUDA ``.pt2`` engines through the per-step solver loop and through
    the whole loop captured as one CUDA graph (:mod:`pndm.runtime.graph_loop`). Each configuration
    is warmed up once, then all are timed round-robin ``--repeats`` times; median and spread.
-5. Whole commands as a user runs them, for 4 and 64 images: ``pndm-run sample --engine
+4. Whole commands as a user runs them, for 4 and 64 images: ``pndm-run sample --engine
    unet.fp16.cuda.pt2 --device cuda`` against ``bench/diffusers_pndm.py --device cuda`` (fp32 and
    fp16), one cold run each, then ``--rounds`` interleaved rounds.
+5. ``pytest -m "cuda or trt"``, last: counts of passed / failed / skipped (TensorRT and ORT-CUDA
+   tests skip with their reason when those packages are absent).
 6. ``<out>/gpu_check.json`` and ``<out>/gpu_check.md`` (markdown tables).
 
     python bench/gpu_check.py --out build/gpu-check
@@ -104,7 +104,7 @@ def build_engines(out: Path, precisions: list[str], batch_max: int, env: dict,
 
 
 def loop_timings(args, engines: dict[str, Path], unet_dir: Path | None) -> list[dict]:
-    """The sampling loop in this process (step 4 of the module doc)."""
+    """The sampling loop in this process (step 3 of the module doc)."""
     import torch
 
     from pndm.runtime.graph_loop import GraphLoop, trace_linear
@@ -165,9 +165,11 @@ def loop_timings(args, engines: dict[str, Path], unet_dir: Path | None) -> list[
     return rows
 
 
-def command_timings(args, engine: Path, unet_dir: Path | None, out: Path, env: dict) -> list[dict]:
-    """Whole commands from the shell (step 5 of the module doc): rows like :func:`loop_timings`'s, with
-    the batch being the image count and ``phases`` the median of each command's own phase record."""
+def command_timings(args, engine: Path, unet_dir: Path | None, out: Path, env: dict,
+                    on_round=None) -> list[dict]:
+    """Whole commands from the shell (step 4 of the module doc): rows like :func:`loop_timings`'s, with
+    the batch being the image count and ``phases`` the median of each command's own phase record.
+    ``on_round(rows)`` after each round, with the rows so far (a run cut short keeps the rounds done)."""
     from pndm.solvers import METHODS
 
     steps, nfe = args.steps, METHODS["f-pndm"].nfe(args.steps)
@@ -197,10 +199,18 @@ def command_timings(args, engine: Path, unet_dir: Path | None, out: Path, env: d
                 failed[(name, num)] = error = error[:300]
                 say(f"{name}, {num} images failed: {error}")
         say(f"whole commands: round {round_index}/{args.rounds} done")
+        if on_round is not None:
+            on_round(command_rows(results, failed, nfe))
+    return command_rows(results, failed, nfe)
+
+
+def command_rows(results: dict, failed: dict, nfe: int) -> list[dict]:
+    """Rows of :func:`command_timings` from each case's runs (the first one cold, not counted) and the
+    failed cases' errors; a case with no timed run yet has no row."""
     rows = [{"runner": name, "batch": num, "nfe": nfe, "error": error}
             for (name, num), error in failed.items()]
     for (name, num), runs in results.items():
-        if (name, num) in failed:
+        if (name, num) in failed or len(runs) < 2:
             continue
         walls = [r["wall"] for r in runs[1:]]
         median = statistics.median(walls)
@@ -294,7 +304,7 @@ def main(argv=None) -> int:
         say("TensorRT is not installed: its tests and engines skip (it cannot be installed offline)")
     if not found["onnxruntime_cuda"]:
         say("onnxruntime-gpu is not installed: ONNX Runtime CUDA paths skip")
-    result["tests"] = {} if args.no_tests else run_tests(args.out)
+    result["tests"] = {}
     # one cache and trust root for the exports (subprocesses) and this process, which loads what they built
     os.environ["PNDM_CACHE_DIR"] = str((args.out / "cache").absolute())
     env = dict(os.environ)
@@ -306,7 +316,14 @@ def main(argv=None) -> int:
     result["timings"] = loop_timings(args, engines, unet_dir)
     write_results(args.out, found, result)  # the loop table stands even if a whole command fails later
     command_engine = engines.get("fp16", next(iter(engines.values())))
-    result["commands"] = command_timings(args, command_engine, unet_dir, args.out, env)
+
+    def commands_so_far(rows):
+        result["commands"] = rows
+        write_results(args.out, found, result)
+
+    result["commands"] = command_timings(args, command_engine, unet_dir, args.out, env, commands_so_far)
+    if not args.no_tests:  # last, so that a long test run cannot cost the timings already taken
+        result["tests"] = run_tests(args.out)
     print(write_results(args.out, found, result))
     return 1 if result["tests"].get("returncode", 0) not in (0, 5) else 0
 

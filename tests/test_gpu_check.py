@@ -54,8 +54,12 @@ def test_a_failed_command_is_a_row_that_says_so(monkeypatch, tmp_path):
 
     monkeypatch.setattr(gpu_check, "run_once", fake_run_once)
     args = SimpleNamespace(steps=20, command_images="4", rounds=2)
-    rows = gpu_check.command_timings(args, tmp_path / "unet.fp16.cuda.pt2", tmp_path / "unet", tmp_path, {})
+    after_rounds = []
+    rows = gpu_check.command_timings(args, tmp_path / "unet.fp16.cuda.pt2", tmp_path / "unet", tmp_path, {},
+                                     after_rounds.append)
     assert sum(c.endswith("pndm-run") for c in calls) == 1 and len(calls) == 1 + 2 * 3
+    # after the cold round only the failure has a row; each timed round after it reports all three
+    assert [len(r) for r in after_rounds] == [1, 3, 3] and after_rounds[-1] == rows
     (failed,) = [r for r in rows if "error" in r]
     assert failed["error"] == "['pndm-run', 'sample'] failed: Segmentation fault"
     found = {"cuda": "GPU", "torch": "2", "torch_cuda": "13", "tensorrt": False, "onnxruntime_cuda": False}
