@@ -110,3 +110,35 @@ def test_weights_that_do_not_fit_blame_the_module_not_a_config(nets, tmp_path):
 def test_options_that_do_not_apply_are_refused(nets, options, problem):
     with pytest.raises(PndmError, match=re.escape(problem)):
         load_module(f"{nets}:make", image_shape=(3, 8, 8), **options)
+
+
+@pytest.mark.parametrize("factory, picked", [
+    ("tuple_output", "element 0"), ("dict_output", "'sample'"), ("namespace_output", "'sample'")])
+def test_a_forward_returning_more_than_the_prediction_gives_it_on(nets, factory, picked):
+    """A tuple's element 0, a dict's or output's 'sample': the prediction, in PyTorch and in the exported
+    graph, whose layers keep the user's names (a hook, not a wrapper); a note says what was taken."""
+    import onnxruntime as ort
+
+    from pndm.export.batch import parse_batch
+    from pndm.export.onnx_export import export_onnx
+
+    plain, _ = load_module(f"{nets}:make", image_shape=(3, 8, 8))  # same weights: both seeded with 0
+    model, spec = load_module(f"{nets}:{factory}", image_shape=(3, 8, 8))
+    assert spec.notes == (f"forward returns more than the prediction: pndm takes its {picked}",)
+    x, t = torch.randn(3, 3, 8, 8), torch.tensor([0.0, 10.5, 999.0])
+    with torch.no_grad():
+        assert torch.equal(model(x, t), plain(x, t))
+    graph = export_onnx(model, (3, 8, 8), parse_batch("1:2:4"), 20)
+    assert {"inp.weight", "out.weight"} <= {init.name for init in graph.graph.initializer}
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    (eps,) = session.run(None, {"x": x.numpy(), "t": t.numpy()})
+    assert torch.allclose(torch.from_numpy(eps), plain(x, t).detach(), atol=1e-5)
+
+
+def test_a_forward_with_no_single_prediction_is_one_line(nets):
+    with pytest.raises(PndmError) as exc:
+        load_module(f"{nets}:two_candidates", image_shape=(3, 8, 8))
+    message = str(exc.value)
+    assert "forward returned a dict with keys 'eps', 'var' for x (2, 3, 8, 8)" in message
+    assert "or a tuple with it first, or a dict or output with it as 'sample'" in message
+    assert "\n" not in message

@@ -64,6 +64,38 @@ NETS = textwrap.dedent('''
         return Net()
 
 
+    def tuple_output():
+        class Net(TinyNet):
+            def forward(self, x, t):
+                eps = super().forward(x, t)
+                return eps, eps.mean()
+        return Net()
+
+
+    def dict_output():
+        class Net(TinyNet):
+            def forward(self, x, t):
+                return {"features": self.inp(x), "sample": super().forward(x, t)}
+        return Net()
+
+
+    def namespace_output():
+        import types
+
+        class Net(TinyNet):
+            def forward(self, x, t):
+                return types.SimpleNamespace(sample=super().forward(x, t), step=t)
+        return Net()
+
+
+    def two_candidates():
+        class Net(TinyNet):
+            def forward(self, x, t):
+                eps = super().forward(x, t)
+                return {"eps": eps, "var": eps.exp()}
+        return Net()
+
+
     def branch():
         class Net(TinyNet):
             def forward(self, x, t):

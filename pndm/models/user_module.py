@@ -6,8 +6,11 @@ callable in it taking no arguments. Importing it runs the user's code because th
 The module must follow the eps contract's shapes: ``x`` (B, C, H, W) float32, ``t`` (B,) float32
 timestep indices in [0, T-1] (fractional allowed), plus int64 ``class_labels`` (B,) when
 ``num_classes`` is set; the output has ``x``'s shape and is the model's native prediction
-(``prediction``: epsilon, v_prediction or sample). :func:`load_module` probes this once and
-names the problem and the fix when it does not hold.
+(``prediction``: epsilon, v_prediction or sample). A forward that returns more than the prediction
+is taken as it is written: a tuple or list gives its element 0 (diffusers' ``return_dict=False``
+convention), a dict or output object its ``sample``, else its one tensor of ``x``'s shape
+(:class:`PredictionOutput`). :func:`load_module` probes this once and names the problem and the
+fix when it does not hold.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -127,8 +131,60 @@ def _check_signature(model: nn.Module, spec: str, num_classes: int | None, time:
                         f"(x (B,C,H,W) float32, {what})")
 
 
-def probe(model: nn.Module, spec: str, image_shape: tuple[int, int, int], num_classes: int | None) -> None:
-    """Call the model (eps contract) once on a batch of 2 and check the output's type and shape."""
+class PredictionOutput:
+    """Forward hook that hands on the prediction when ``forward`` returns more than one tensor.
+
+    A hook, not a wrapper module, so that the network's layer names (``--keep-float``, the checker's
+    per-layer tables) stay the user's own. It picks by the structure of the output, which is fixed
+    for a traced graph: a tuple or list, element 0; a mapping or an object with a ``sample``
+    attribute (diffusers' ``UNet2DOutput``), its ``sample``, else the one entry of ``x``'s shape.
+    ``picked`` says what it took (``None`` while forward returns a tensor)."""
+
+    def __init__(self, spec: str):
+        self.spec = spec
+        self.picked: str | None = None
+
+    def __call__(self, module: nn.Module, inputs: tuple, output):
+        if isinstance(output, torch.Tensor):
+            return output
+        shape = inputs[0].shape
+        picked, prediction = _prediction_in(output, shape)
+        if not (isinstance(prediction, torch.Tensor) and prediction.shape == shape):
+            raise PndmError(
+                f"--module {self.spec!r}: forward returned {_described(output)} for x {tuple(shape)}; "
+                "it must return one tensor of x's shape (the model's eps, v or x0 prediction), or a tuple "
+                "with it first, or a dict or output with it as 'sample'")
+        self.picked = picked
+        return prediction
+
+
+def _prediction_in(output, shape: torch.Size) -> tuple[str | None, object]:
+    """(what, value): element 0 of a tuple or list; a mapping's or object's ``sample``, else its one
+    tensor of ``shape``; (None, None) when there is none."""
+    if isinstance(output, (tuple, list)):
+        return ("element 0", output[0]) if output else (None, None)
+    entries = dict(output) if isinstance(output, Mapping) else dict(getattr(output, "__dict__", {}))
+    if "sample" in entries:
+        return "'sample'", entries["sample"]
+    fits = [(f"{key!r}", value) for key, value in entries.items()
+            if isinstance(value, torch.Tensor) and value.shape == shape]
+    return fits[0] if len(fits) == 1 else (None, None)
+
+
+def _described(output) -> str:
+    if isinstance(output, torch.Tensor):
+        return str(tuple(output.shape))
+    if isinstance(output, (tuple, list)):
+        return f"a {type(output).__name__} of {len(output)}"
+    if isinstance(output, Mapping):
+        return f"a {type(output).__name__} with keys {', '.join(map(repr, output))}"
+    return type(output).__name__
+
+
+def probe(model: nn.Module, spec: str, image_shape: tuple[int, int, int], num_classes: int | None
+          ) -> str | None:
+    """Call the model (eps contract) once on a batch of 2 and check the output's type and shape; a
+    note when the prediction is taken out of a larger output (:class:`PredictionOutput`)."""
     x = torch.randn(2, *image_shape, generator=torch.Generator().manual_seed(0))
     args = (x, torch.tensor([0.0, 500.5]))
     if num_classes:
@@ -136,15 +192,23 @@ def probe(model: nn.Module, spec: str, image_shape: tuple[int, int, int], num_cl
     try:
         with torch.no_grad():
             out = model(*args)
+    except PndmError:
+        raise
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise PndmError(f"--module {spec!r}: forward on x {tuple(x.shape)}, t (2,) raised "
                         f"{type(exc).__name__}: "
                         f"{first}; check --image-shape and that forward takes (x, t)") from None
     if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise PndmError(f"--module {spec!r}: forward returned {got} for x {tuple(x.shape)}; it must return "
-                        "one tensor of x's shape (the model's eps, v or x0 prediction)")
+        raise PndmError(f"--module {spec!r}: forward returned {_described(out)} for x {tuple(x.shape)}; it "
+                        "must return one tensor of x's shape (the model's eps, v or x0 prediction)")
+    picked = next((hook.picked for hook in _prediction_hooks(model) if hook.picked), None)
+    return f"forward returns more than the prediction: pndm takes its {picked}" if picked else None
+
+
+def _prediction_hooks(model: nn.Module) -> list[PredictionOutput]:
+    return [hook for module in model.modules() for hook in module._forward_hooks.values()
+            if isinstance(hook, PredictionOutput)]
 
 
 def load_module(spec: str, *, image_shape: tuple[int, int, int], weights: str | Path | None = None,
@@ -194,6 +258,7 @@ def load_module(spec: str, *, image_shape: tuple[int, int, int], weights: str | 
     if _is_path(module):
         files[module] = sha256_file(module)
     model = model.float().eval()
+    model.register_forward_hook(PredictionOutput(spec))
     config: dict = {"module": canonical}
     if denoiser == "sigma":
         from pndm.models.sigma_denoiser import wrap_sigma_network
@@ -205,13 +270,13 @@ def load_module(spec: str, *, image_shape: tuple[int, int, int], weights: str | 
     else:
         prediction = prediction or "epsilon"
         _check_signature(model, spec, num_classes)
-    probe(model, spec, tuple(image_shape), num_classes)
+    note = probe(model, spec, tuple(image_shape), num_classes)
     schedule = schedule or ScheduleSpec("linear")
     described = f"module {canonical}" + (f" with weights {path}" if path else " (its own initialisation)")
     model_spec = ModelSpec(
         architecture="module", config=config, image_shape=tuple(image_shape),
         schedule=schedule.name, T=schedule.T, schedule_spec=schedule, source=described, source_kind="module",
         sha256=sha, path=str(Path(path).resolve()) if path else None, prediction=prediction,
-        num_classes=num_classes, files=files, module=canonical,
+        num_classes=num_classes, files=files, module=canonical, notes=(note,) if note else (),
     )
     return model, model_spec
