@@ -94,3 +94,32 @@ def test_a_statistics_file_without_sigma_is_named(tmp_path):
     result = run("score", str(_samples(tmp_path / "samples")), "--reference", str(stats))
     assert_one_line_error(result, "stats.npz: a statistics .npz holds mu and sigma, this one has no sigma",
                           "save both")
+
+
+def _mixed_folder(folder, count=10):
+    """Grey images of two sizes, 16x16 and 20x24."""
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(count):
+        shape = (16, 16) if i % 2 else (20, 24)
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(folder / f"real{i:02d}.png")
+    return folder
+
+
+def test_resize_scores_a_reference_folder_that_mixes_sizes(tmp_path, engine_dir):
+    samples, mixed = _samples(tmp_path / "samples"), _mixed_folder(tmp_path / "mixed")
+    refused = run("score", str(samples), "--reference", str(mixed))
+    assert_one_line_error(refused, "real01.png is 16x16 but real00.png is 20x24; all images must share one size",
+                          "or pass --resize N (e.g. 299 for inception)")
+    result = run("score", str(samples), "--reference", str(mixed), "--resize", "16")
+    assert result.exit_code == 0, result.output
+    # the same as scoring against those images resized beforehand (PIL bilinear, each image on its own)
+    by_hand = np.stack([np.asarray(Image.open(p).resize((16, 16), Image.Resampling.BILINEAR))
+                        for p in sorted(mixed.glob("*.png"))])
+    np.savez(tmp_path / "by_hand.npz", images=by_hand)
+    expected = run("score", str(samples), "--reference", str(tmp_path / "by_hand.npz"))
+    assert json.loads(result.stdout)["fd"] == pytest.approx(json.loads(expected.stdout)["fd"], rel=1e-9)
+    pytest.importorskip("matplotlib")
+    swept = _sweep(engine_dir, mixed, tmp_path / "sweep", "-n", "4", "--resize", "16")
+    assert swept.exit_code == 0, swept.output
+    assert json.loads((tmp_path / "sweep" / "sweep.json").read_text())["rows"][0]["fd"] > 0

@@ -20,6 +20,9 @@ INCEPTION_HELP = ("FID Inception weights file (pytorch-fid's pt_inception-2015-1
                   "implies --features inception. Never downloaded.")
 REFERENCE_HELP = ("Real images: 'mnist', 'fashion-mnist', a folder, an .npz of images, an IDX file, or an "
                   ".npz of statistics (mu, sigma).")
+RESIZE_HELP = ("Resize every image read (folders, .npz, IDX, data sets) to N x N, bilinear and antialiased, "
+               "so that a folder may mix image sizes; the feature network resizes to its own input anyway "
+               "(judge 28, inception 299). Default: off (a folder's images must share one size).")
 
 
 @click.command()
@@ -30,9 +33,10 @@ REFERENCE_HELP = ("Real images: 'mnist', 'fashion-mnist', a folder, an .npz of i
 @click.option("--pr/--no-pr", default=True, show_default=True, help="Also precision and recall (k=3).")
 @click.option("--json", "json_path", default=None,
               help="Also write the report to this JSON file (default: none).")
+@click.option("--resize", type=click.IntRange(min=1), default=None, metavar="N", help=RESIZE_HELP)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
 @debug_option
-def score(samples, reference, features, inception, pr, json_path, threads):
+def score(samples, reference, features, inception, pr, json_path, resize, threads):
     """Frechet distance of SAMPLES (a sample folder, .npz or data set) to --reference, with the
     real-vs-real baseline beside it. Prints JSON."""
     from pndm.scoring.score import load_image_set, make_featurizer, reference_statistics, score_images
@@ -43,8 +47,8 @@ def score(samples, reference, features, inception, pr, json_path, threads):
         prepare_out_file(json_path, "--json")
     set_threads(threads)
     featurizer = make_featurizer(features or ("inception" if inception else "judge"), inception)
-    images = load_image_set(samples)
-    ref = reference_statistics(featurizer, reference)
+    images = load_image_set(samples, resize)
+    ref = reference_statistics(featurizer, reference, resize)
     report = {"samples": samples, **score_images(images, ref, featurizer, with_pr=pr)}
     text = json.dumps(report, indent=2)
     if json_path is not None:
@@ -86,6 +90,8 @@ def _int_list(ctx, param, value):
 @click.option("--reference", default="mnist", show_default=True, help=REFERENCE_HELP)
 @click.option("--features", type=click.Choice(["judge", "inception"]), default=None, help=FEATURES_HELP)
 @click.option("--inception", type=click.Path(dir_okay=False), default=None, help=INCEPTION_HELP)
+@click.option("--resize", type=click.IntRange(min=1), default=None, metavar="N",
+              help=RESIZE_HELP.replace("every image read", "the samples and the reference's images"))
 @click.option("--clip-x0/--no-clip-x0", default=False, show_default=True,
               help="Clip every denoised estimate to [-1, 1] (docs/SOLVERS.md).")
 @click.option("--out", default="sweep", show_default=True,
@@ -95,8 +101,8 @@ def _int_list(ctx, param, value):
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
 @trust_engine_option
 @debug_option
-def sweep(engine_paths, methods, steps, grids, num, batch, seed, reference, features, inception, clip_x0, out,
-          device, threads, progress, trust_engine):
+def sweep(engine_paths, methods, steps, grids, num, batch, seed, reference, features, inception, resize, clip_x0,
+          out, device, threads, progress, trust_engine):
     """Frechet distance against NFE for methods and engines of one image shape: a table and a plot."""
     from pathlib import Path
 
@@ -129,8 +135,8 @@ def sweep(engine_paths, methods, steps, grids, num, batch, seed, reference, feat
                             "time")
         batches = engine_batches(engines, batch, num)
         featurizer = make_featurizer(features or ("inception" if inception else "judge"), inception)
-        ref = reference_statistics(featurizer, reference)
-        result = run_sweep(engines, methods, steps, seeds, batches, ref, featurizer,
+        ref = reference_statistics(featurizer, reference, resize)
+        result = run_sweep(engines, methods, steps, seeds, batches, ref, featurizer, resize=resize,
                            grids=grids or (None,), clip_x0=clip_x0, progress=progress)
         table = format_table(result)
         atomic_write_text(folder / "sweep.json", json.dumps(result, indent=2) + "\n")

@@ -89,29 +89,39 @@ def make_featurizer(features: str = "judge", inception: str | Path | None = None
     raise PndmError(f"unknown features {features!r}: choose one of {', '.join(FEATURES)}")
 
 
-def _read_folder(folder: Path) -> torch.Tensor:
-    """A folder's images (pndm's pictures of several images left out)."""
+def _read_folder(folder: Path, size: int | None) -> torch.Tensor:
+    """A folder's images (pndm's pictures of several images left out), each resized to ``size`` square."""
     from pndm.images import COLLAGE_NAMES, IMAGE_SUFFIXES, read_image_files
 
     files = sorted(p for p in folder.iterdir()
                    if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in COLLAGE_NAMES)
     if not files:
         raise PndmError(f"{folder}: no images in this folder")
-    return read_image_files(files, str(folder))
+    return read_image_files(files, str(folder), hint="; or pass --resize N (e.g. 299 for inception)",
+                            size=None if size is None else (size, size))
 
 
-def load_image_set(source: str | Path) -> torch.Tensor:
-    """uint8 (N, C, H, W) images from a folder, an .npz, an IDX file or a named data set."""
+def resized(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    """uint8 (N, C, H, W) images resized to ``size`` x ``size`` (bilinear, antialiased); None: as they are."""
+    from pndm.train.data import fit_resolution
+
+    return images if size is None else fit_resolution(images, size, images.shape[1], resize=True)
+
+
+def load_image_set(source: str | Path, size: int | None = None) -> torch.Tensor:
+    """uint8 (N, C, H, W) images from a folder, an .npz, an IDX file or a named data set; ``size``: each
+    resized to ``size`` x ``size`` (bilinear, antialiased) as it is read, so a folder may mix sizes."""
     from pndm.train.data import load_images
 
     path = Path(source)
     if path.is_dir():
-        images = _read_folder(path)
+        images = _read_folder(path, size)
     else:
         try:
             images = load_images(str(source))
         except PndmError as exc:  # the training reader names its option --data; here it is a path
             raise PndmError(str(exc).replace("--data ", "", 1)) from None
+        images = resized(images, size)
     if len(images) < 2:
         raise PndmError(f"{source}: {len(images)} image(s); a Frechet distance needs at least 2")
     return images
@@ -146,8 +156,9 @@ class Reference:
     cache: str | None
 
 
-def reference_statistics(featurizer: Featurizer, source: str | Path) -> Reference:
-    """The reference's features and statistics, from the cache when the same pixels were scored before."""
+def reference_statistics(featurizer: Featurizer, source: str | Path, size: int | None = None) -> Reference:
+    """The reference's features and statistics, from the cache when the same pixels were scored before;
+    ``size``: its images resized as :func:`load_image_set` does (statistics files have none)."""
     from pndm.fileio import atomic_path
 
     path = Path(source)
@@ -157,7 +168,7 @@ def reference_statistics(featurizer: Featurizer, source: str | Path) -> Referenc
         if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
             raise PndmError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not match")
         return Reference(mu, sigma, None, str(source), None)
-    images = load_image_set(source)
+    images = load_image_set(source, size)
     key = hashlib.sha256(featurizer.weights_sha256.encode() + images.numpy().tobytes()).hexdigest()[:20]
     cache = _cache_dir() / f"{featurizer.name}-{key}.npz"
     if cache.is_file():

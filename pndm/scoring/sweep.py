@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pndm.errors import PndmError
-from pndm.scoring.score import Featurizer, Reference, compare, real_vs_real
+from pndm.scoring.score import Featurizer, Reference, compare, real_vs_real, resized
 
 
 def _to_nchw_uint8(images):
@@ -45,11 +45,13 @@ def engine_batches(engines: dict[str, object], batch: int | None, num: int) -> d
 
 def run_sweep(engines: dict[str, object], methods: Iterable[str], steps: Iterable[int], seeds: list[int],
               batches: dict[str, int], reference: Reference, featurizer: Featurizer, *,
-              grids: Iterable[str | None] = (None,), clip_x0: bool = False, progress: bool = True) -> dict:
+              grids: Iterable[str | None] = (None,), clip_x0: bool = False, progress: bool = True,
+              resize: int | None = None) -> dict:
     """Rows ``{engine, method, grid, steps, nfe, fd, precision, recall, seconds}`` and the baseline.
 
     ``batches``: images per call for each engine (:func:`engine_batches`). ``grids``: names from
-    :data:`pndm.solvers.GRIDS` (None: each method's default grid).
+    :data:`pndm.solvers.GRIDS` (None: each method's default grid). ``resize``: the samples resized as
+    the reference's images were (:func:`pndm.scoring.score.resized`).
     """
     from pndm.runtime.sampling import sample_seeds
 
@@ -62,7 +64,7 @@ def run_sweep(engines: dict[str, object], methods: Iterable[str], steps: Iterabl
                     run = sample_seeds(engine, seeds, method=method, steps=n, batch=batches[label],
                                        clip_x0=clip_x0, grid=grid, progress=progress,
                                        desc=f"{label} {method} {n}")
-                    result = compare(featurizer(_to_nchw_uint8(run.images)), reference)
+                    result = compare(featurizer(resized(_to_nchw_uint8(run.images), resize)), reference)
                     rows.append({"engine": label, "method": method, "grid": grid or "default", "steps": n,
                                  "nfe": run.nfe, **result, "seconds": run.wall_seconds})
     return {"rows": rows, "real_vs_real": baseline, "clip_x0": clip_x0,
