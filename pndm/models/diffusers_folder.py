@@ -42,8 +42,6 @@ INSTALL_HINT = "pip install 'pndm[diffusers]'"
 _LEGACY_ATTENTION = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.", ".proj_attn.": ".to_out.0."}
 # Pipeline components that decode latents: such a pipeline's UNet does not make images (refused).
 LATENT_DECODERS = frozenset({"vae", "vqvae"})
-# class_embed_type values whose class input is not an integer label (refused: no label input to give).
-_CLASS_EMBED_TYPES = (None,)
 
 
 @dataclass(frozen=True)
@@ -181,14 +179,38 @@ def diffusers_available() -> bool:
     return importlib.util.find_spec("diffusers") is not None
 
 
+class InterpolatedEmbedding(nn.Module):
+    """An ``nn.Embedding`` table ``E`` of N rows read at fractional indices by linear interpolation:
+
+        e(t) = E[floor(t)] + w (E[ceil(t)] - E[floor(t)]),   w = t - floor(t),   t clamped to [0, N - 1]
+
+    which is the row ``E[t]`` itself at integer t (what the embedding gives there). It holds the
+    table's own ``weight`` parameter, so the state-dict key (``time_proj.weight``) is unchanged."""
+
+    def __init__(self, table: nn.Embedding):
+        super().__init__()
+        self.weight = table.weight
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.float().clamp(0, self.weight.shape[0] - 1)
+        low = t.floor()
+        below, above = self.weight[low.long()], self.weight[t.ceil().long()]
+        return below + (t - low).unsqueeze(-1) * (above - below)
+
+
 class DiffusersUNet(nn.Module):
     """diffusers' ``UNet2DModel`` under the eps contract: ``forward(x, t[, class_labels])``.
 
     ``x`` (B, C, H, W) float32 and ``t`` (B,) float32 (fractional allowed) go straight to the
-    UNet as ``sample`` and ``timestep`` (its positional embedding takes float timesteps); a
-    class-conditional UNet (``num_class_embeds``) takes int64 ``class_labels`` (B,). Returns the
-    UNet's native output; a UNet with twice the image channels (a learned variance) returns the
-    first half, the mean prediction.
+    UNet as ``sample`` and ``timestep``; a class-conditional UNet takes int64 ``class_labels`` (B,)
+    in ``[0, num_classes)`` (:func:`class_count`). Returns the UNet's native output; a UNet with
+    twice the image channels (a learned variance) returns the first half, the mean prediction.
+
+    The positional embedding takes float timesteps as they are. A learned one
+    (``time_embedding_type="learned"``: ``nn.Embedding(num_train_timesteps, C)``, integer timesteps
+    only) is read at fractional t by linear interpolation between the rows of floor(t) and ceil(t):
+    the UNet's ``time_proj`` becomes an :class:`InterpolatedEmbedding` of the same table, exact at
+    integer t. With ``class_embed_type="timestep"`` the labels go through the same ``time_proj``.
 
     ``time_embedding_type="fourier"`` UNets are score-SDE VE networks (Song et al. 2021): they take
     the noise level sigma, embed log(sigma), and return ``F / sigma``, the score of
@@ -198,11 +220,14 @@ class DiffusersUNet(nn.Module):
     interpolated in the graph) and returns ``eps = -sigma * unet(x_ve, sigma)``.
     """
 
-    def __init__(self, unet: nn.Module, ve_schedule: ScheduleSpec | None = None):
+    def __init__(self, unet: nn.Module, ve_schedule: ScheduleSpec | None = None,
+                 num_classes: int | None = None):
         super().__init__()
+        if unet.config.time_embedding_type == "learned":
+            unet.time_proj = InterpolatedEmbedding(unet.time_proj)
         self.unet = unet
         self.channels = int(unet.config.in_channels)
-        self.num_classes = unet.config.num_class_embeds
+        self.num_classes = num_classes
         self.ve_schedule = ve_schedule
         if ve_schedule is not None:
             from pndm.schedules import make_schedule
@@ -222,22 +247,58 @@ class DiffusersUNet(nn.Module):
         return -sigma.view(-1, 1, 1, 1) * score
 
 
-def _check_wrappable(cfg: dict[str, Any], where: Path) -> None:
+def class_count(cfg: dict[str, Any], T: int) -> int | None:
+    """How many integer class labels the UNet takes, ``[0, count)`` (None: unconditional); ``cfg``
+    passed :func:`_check_wrappable`, ``T`` is the schedule's number of steps.
+
+    ``num_class_embeds=K`` (a table of K label embeddings): K. ``class_embed_type="timestep"`` has no
+    label table: a label is embedded like a timestep (``time_proj``, then its own
+    ``TimestepEmbedding``), and the config does not say how many classes were trained. The count is
+    then ``num_class_embeds`` where config.json gives one (diffusers does not read it for this type:
+    write it there to state the count), else every label the time projection embeds as a timestep:
+    the ``num_train_timesteps`` rows of a learned embedding, the schedule's T steps of the positional one.
+    """
+    if cfg["class_embed_type"] is None:
+        return cfg["num_class_embeds"]
+    learned = cfg["time_embedding_type"] == "learned"
+    return cfg["num_class_embeds"] or (cfg["num_train_timesteps"] if learned else T)
+
+
+def _check_wrappable(cfg: dict[str, Any], where: Path, T: int) -> None:
+    """Refuse in one line what :class:`DiffusersUNet` cannot run (``T``: the schedule's steps)."""
     if cfg.get("_class_name", "UNet2DModel") != "UNet2DModel":
         raise CheckpointError(
             f"{where}: {cfg['_class_name']} is not supported; pndm loads UNet2DModel (unconditional or "
             "class-conditional) folders"
         )
-    if cfg["class_embed_type"] not in _CLASS_EMBED_TYPES:
+    time, kind, rows = cfg["time_embedding_type"], cfg["class_embed_type"], cfg["num_train_timesteps"]
+    if time not in ("positional", "fourier", "learned"):
         raise CheckpointError(
-            f"{where}: class_embed_type={cfg['class_embed_type']!r} is not supported; class-conditional "
-            "models must use num_class_embeds (integer labels)"
+            f"{where}: time_embedding_type={time!r} is not supported; supported: positional, fourier, learned"
         )
-    if cfg["time_embedding_type"] not in ("positional", "fourier"):
+    if time == "learned" and not rows:
+        raise CheckpointError(f"{where}: time_embedding_type='learned' needs num_train_timesteps (the rows "
+                              "of its timestep table); add it to config.json")
+    if time == "learned" and T > rows:
         raise CheckpointError(
-            f"{where}: time_embedding_type={cfg['time_embedding_type']!r} is not supported; supported: "
-            "positional, fourier"
-        )
+            f"{where}: the learned time embedding has {rows} timesteps (num_train_timesteps) but the "
+            f"schedule has T={T}; sample with a schedule of at most {rows} steps (--T {rows})")
+    if kind == "identity":
+        raise CheckpointError(
+            f"{where}: class_embed_type='identity' is not supported: its class input is an embedding vector "
+            "added to the time embedding, not an integer label, and pndm's engines take int64 class labels")
+    if kind == "timestep" and time == "fourier":
+        raise CheckpointError(
+            f"{where}: class_embed_type='timestep' with time_embedding_type='fourier' is not supported: a "
+            "label goes through the Fourier projection of log(label), -inf at label 0; use num_class_embeds")
+    if kind not in (None, "timestep"):
+        raise CheckpointError(f"{where}: class_embed_type={kind!r} is not supported; supported: none "
+                              "(num_class_embeds), timestep")
+    count = cfg["num_class_embeds"]
+    if kind == "timestep" and time == "learned" and count and count > rows:
+        raise CheckpointError(
+            f"{where}: num_class_embeds={count} with class_embed_type='timestep': labels index the learned "
+            f"time embedding's {rows} rows (num_train_timesteps); give at most {rows}")
     out, channels = cfg["out_channels"], cfg["in_channels"]
     if out not in (channels, 2 * channels):
         raise CheckpointError(
@@ -250,7 +311,7 @@ def build_diffusers_unet(folder: DiffusersFolder, state: dict[str, torch.Tensor]
     """diffusers' own UNet2DModel from the folder's config and weights, wrapped (see class doc)."""
     where = folder.unet / "config.json"
     cfg = {**DIFFUSERS_DEFAULTS, **folder.config}
-    _check_wrappable(cfg, where)
+    _check_wrappable(cfg, where, folder.schedule.T)
     if not diffusers_available():
         raise PndmError(f"{folder.root}: this UNet2DModel configuration runs diffusers' own module; "
                         f"install it: {INSTALL_HINT}")
@@ -267,7 +328,7 @@ def build_diffusers_unet(folder: DiffusersFolder, state: dict[str, torch.Tensor]
 
     load_into(unet, state, folder.weights, "diffusers UNet2DModel of this config.json")
     ve_schedule = folder.schedule if cfg["time_embedding_type"] == "fourier" else None
-    return DiffusersUNet(unet.float().eval(), ve_schedule).eval()
+    return DiffusersUNet(unet.float().eval(), ve_schedule, class_count(cfg, folder.schedule.T)).eval()
 
 
 def _legacy_renamed(key: str) -> str:
@@ -302,8 +363,12 @@ def load_folder(path: Path, allow_pickle: bool = False, schedule: ScheduleSpec |
         ddpm_config = ddpm_config_from_diffusers(cfg, folder.unet)
     except NotMappable as exc:
         model = build_diffusers_unet(folder, state)
-        note = f"diffusers' own UNet2DModel (not the DDPM layout: {exc.option})"
-        return model, "diffusers", dict(folder.config), folder, (note, *folder.notes)
+        notes = (f"diffusers' own UNet2DModel (not the DDPM layout: {exc.option})",)
+        if cfg["class_embed_type"] == "timestep" and not cfg["num_class_embeds"]:
+            notes += (f"class_embed_type='timestep': config.json does not say how many classes the model "
+                      f"has; labels 0..{model.num_classes - 1} are taken (every label the time projection "
+                      "embeds); add num_class_embeds=K to config.json to take 0..K-1",)
+        return model, "diffusers", dict(folder.config), folder, (*notes, *folder.notes)
     from pndm.models.architectures import build_model
     from pndm.models.state_dicts import load_into
 
