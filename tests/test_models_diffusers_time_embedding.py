@@ -136,3 +136,26 @@ def test_onnx_graph_of_learned_and_timestep_class_embedding(tmp_path):
         fractional = torch.tensor([0.5, 417.25, 998.75])
         assert _rel(engine(x, fractional, labels), model(x, fractional, labels)) <= 1e-5
         assert np.allclose(engine(x[:1], t[:1], labels[:1]), engine(x, t, labels)[:1], atol=1e-6)
+
+
+@pytest.mark.slow  # exports a UNet2DModel to ONNX (~10 s on a loaded 2-core machine)
+def test_fp16_graph_reads_the_learned_table_at_float32_t(tmp_path):
+    """fp16 keeps t's floor/ceil and the fraction t - floor(t) in float32, as it keeps sin/cos: an fp16 t
+    would read the table at 998.5 for t = 998.3. ONNX Runtime's CPU runs those small fp16 ops in float32
+    anyway (it has no fp16 kernels for them), so the rounding would show only on fp16 kernels (TensorRT,
+    CUDA): the graph's types are the check, the CPU output only a check of the rest."""
+    ort = pytest.importorskip("onnxruntime")
+    from pndm.export.batch import parse_batch
+    from pndm.export.fp16_graph import convert_to_fp16
+    from pndm.export.onnx_export import export_onnx
+
+    _, folder = _folder(tmp_path, **LEARNED)
+    model, spec = load(folder)
+    graph, report = convert_to_fp16(export_onnx(model, spec.image_shape, parse_batch("1:2:4"), 20))
+    kept = {node.op_type for node in graph.graph.node if report.kept.get(node.name) == "timestep embedding"}
+    assert {"Floor", "Ceil", "Sub", "Clip"} <= kept
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    x, t = _x(2), torch.tensor([998.3, 0.7])
+    got = torch.from_numpy(session.run(None, {"x": x.numpy(), "t": t.numpy()})[0])
+    with torch.no_grad():
+        assert _rel(got, model(x, t)) <= 2e-3

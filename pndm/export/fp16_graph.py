@@ -10,7 +10,10 @@ The policy, applied node by node:
     those (``x - mean``, ``var + eps``, ``(x - mean) / std``);
   - ``Softmax``/``LogSoftmax``;
   - the timestep embedding: ``Sin``/``Cos`` and every node that feeds them (``t * freq`` reaches
-    ~1000, where fp16 spacing is 0.5); the walk stops at ``Shape``/``Size``, which read no values.
+    ~1000, where fp16 spacing is 0.5); likewise a table read at fractional t (a learned embedding:
+    ``Floor``/``Ceil`` of t and the fraction ``t - floor(t)``). Only such nodes that do not depend
+    on the image input count (a ``Sin`` of activations is no timestep embedding); the walk stops
+    at ``Shape``/``Size``, which read no values (:func:`timestep_seeds`).
 * **float16**: everything else (Conv, MatMul, Gemm and the elementwise ops between them).
 * graph inputs and outputs stay float32, so the engine interface does not change.
 
@@ -44,7 +47,7 @@ FP16_MAX = 65504.0
 NORM_OPS = frozenset({"GroupNormalization", "InstanceNormalization", "LayerNormalization",
                       "BatchNormalization"})
 SOFTMAX_OPS = frozenset({"Softmax", "LogSoftmax"})
-TIMESTEP_OPS = frozenset({"Sin", "Cos"})
+TIMESTEP_OPS = frozenset({"Sin", "Cos", "Floor", "Ceil"})
 STAT_OPS = frozenset({"ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "Pow", "Sqrt", "Reciprocal"})
 STAT_CONSUMER_OPS = frozenset({"Sub", "Add", "Div", "Mul"})
 SHAPE_OPS = frozenset({"Shape", "Size"})  # read only the shape: any dtype in, no cast needed
@@ -119,8 +122,8 @@ def fp32_islands(graph: onnx.GraphProto) -> dict[str, str]:
                 kept.setdefault(current.name, "normalization affine")
             else:
                 break
-    stack = [node for node in graph.node if node.op_type in TIMESTEP_OPS]
-    while stack:  # sin/cos and everything that computes their argument
+    stack = timestep_seeds(graph)
+    while stack:  # sin/cos, floor/ceil and everything that computes their argument
         node = stack.pop()
         if kept.get(node.name) == "timestep embedding":
             continue
@@ -128,6 +131,21 @@ def fp32_islands(graph: onnx.GraphProto) -> dict[str, str]:
         stack += [producer[i] for i in node.input
                   if i in producer and producer[i].op_type not in SHAPE_OPS]
     return kept
+
+
+def timestep_seeds(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The nodes the timestep-embedding island grows from (module docstring): ``TIMESTEP_OPS`` nodes and
+    ``Sub`` nodes taking a ``Floor`` output (the fraction t - floor(t)), unless they depend on the image
+    input (the graph's 4-d input)."""
+    image = {i.name for i in graph.input if len(i.type.tensor_type.shape.dim) == 4}
+    on_image: set[str] = set()
+    for node in graph.node:  # ONNX graphs are topologically sorted
+        if any(i in image or i in on_image for i in node.input):
+            on_image.update(node.output)
+    floors = {node.output[0] for node in graph.node if node.op_type == "Floor"}
+    return [node for node in graph.node
+            if (node.op_type in TIMESTEP_OPS or (node.op_type == "Sub" and floors.intersection(node.input)))
+            and not on_image.intersection(node.output)]
 
 
 def _check_convertible(model: onnx.ModelProto) -> None:

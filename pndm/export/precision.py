@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from pndm.errors import PndmError
-from pndm.export.fp16_graph import SHAPE_OPS, TIMESTEP_OPS
+from pndm.export.fp16_graph import SHAPE_OPS, timestep_seeds
 from pndm.metrics import is_near_data
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
@@ -142,7 +142,7 @@ def check_onnx_policy(model: onnx.ModelProto) -> dict[str, dict[str, int]]:
         if node.op_type == "Conv" and types.get(node.input[1]) != onnx.TensorProto.FLOAT16:
             raise PndmError(f"fp16 graph: the weight of Conv {node.name!r} is not float16")
     producer = {out: node for node in graph.node for out in node.output}
-    stack = [node for node in graph.node if node.op_type in TIMESTEP_OPS]
+    stack = timestep_seeds(graph)
     seen: set[str] = set()
     while stack:
         node = stack.pop()
