@@ -89,6 +89,22 @@ def test_out_with_foreign_files_is_refused_and_kept(tmp_path):
     assert _leftovers(tmp_path, out) == []
 
 
+@pytest.mark.parametrize(("theirs", "command"), [
+    (["sweep.json", "sweep.md", "sweep.png"], "sweep"), (["frame_000.png", "strip.png", "run.json"], "interpolate")])
+def test_another_commands_results_are_refused_and_kept(tmp_path, theirs, command):
+    """sample never replaces a sweep's or an interpolation's folder (a mistyped --out would lose them)."""
+    out = tmp_path / "results"
+    out.mkdir()
+    for name in theirs:
+        (out / name).write_bytes(name.encode())
+    with pytest.raises(PndmError) as exc:
+        _sample(out)
+    assert f"holds the results of a pndm-run {command} ({theirs[0]}), which this sample would replace" in str(
+        exc.value)
+    assert _content(out) == {name: name.encode() for name in theirs}
+    assert _leftovers(tmp_path, out) == []
+
+
 @pytest.mark.parametrize("previous", [True, False], ids=["over-a-run", "fresh"])
 @pytest.mark.parametrize(("fault", "exit_code"), [
     ("write@2:kill", -signal.SIGKILL), ("sample.publish:kill", -signal.SIGKILL),

@@ -231,7 +231,7 @@ def sample(
     env = dist_env()
     all_seeds = seed_list(seed, num)
     my_seeds = shard_seeds(all_seeds, env.rank, env.world_size)
-    output = staged_output(out) if env.is_main else contextlib.nullcontext()
+    output = staged_output(out, "sample") if env.is_main else contextlib.nullcontext()
     with output as folder, process_group(env):
         threads = set_threads(threads)
         from pndm.runtime.engine_cache import take_cache_events

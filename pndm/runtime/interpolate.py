@@ -42,7 +42,7 @@ def interpolate(engine_path, seeds, frames, method, steps, batch, clip_x0, out, 
 
     check_steps(method, steps)
     threads = set_threads(threads)
-    with staged_output(out) as folder:  # all or nothing: the previous --out stays until the new one is whole
+    with staged_output(out, "interpolate") as folder:  # all or nothing (previous --out kept until whole)
         engine = load_engine(engine_path, device, threads=threads, trust=trust_engine)
         from pndm.runtime.threads import engine_batch
 

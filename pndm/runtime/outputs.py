@@ -6,7 +6,8 @@ previous complete content or the new complete run, never a mix, and an interrupt
 nothing behind (a killed run's staging folder is removed by the next run into that ``--out``).
 One run at a time writes to an ``--out`` (:func:`pndm.fileio.folder_lock`). A reused ``--out`` is
 replaced whole, so no image of an older run stays beside the new ``run.json``; an ``--out`` that
-holds files pndm did not write is refused rather than deleted.
+holds files pndm did not write, or another command's results (:data:`RUN_KINDS`), is refused rather
+than deleted.
 """
 
 from __future__ import annotations
@@ -38,13 +39,18 @@ from pndm.fileio import (
     recover_dir,
     replace_dir,
 )
-from pndm.images import COLLAGE_NAMES, GRID_PNG, make_grid, save_png
+from pndm.images import GRID_PNG, STRIP_PNG, TRAJECTORY_PNG, make_grid, save_png
 
 GRID_MAX_IMAGES = 64  # grid.png shows the first 64 seeds; every image is still written on its own
-# What a run of pndm-run sample / interpolate / sweep writes into --out (and the temporary names of pndm's
-# earlier versions).
-_NAMES = (r"(seed\d{6,}\.png|run\.json|samples\.npz|frame_\d{3,}\.png|sweep\.(json|md|png)|"
-          + "|".join(re.escape(name) for name in sorted(COLLAGE_NAMES)) + ")")
+# What a run of each command writes into --out, beside the run.json of sample and interpolate: a run
+# replaces a folder of its own command's files only, never another command's results.
+RUN_KINDS = {
+    "sample": re.compile(rf"seed\d{{6,}}\.png|samples\.npz|{re.escape(GRID_PNG)}|{re.escape(TRAJECTORY_PNG)}"),
+    "interpolate": re.compile(rf"frame_\d{{3,}}\.png|{re.escape(STRIP_PNG)}"),
+    "sweep": re.compile(r"sweep\.(json|md|png)"),
+}
+# Every name a run writes (and the temporary names of pndm's earlier versions).
+_NAMES = "(" + "|".join([r"run\.json", *(kind.pattern for kind in RUN_KINDS.values())]) + ")"
 RUN_FILES = re.compile(rf"^({_NAMES}|\.{_NAMES}\.\w+\.tmp|\.pndm-write-test)$")
 
 
@@ -91,17 +97,24 @@ def _unwritable(out: Path, e: OSError, what: str = "--out") -> PndmError:
     return PndmError(f"cannot write to the output folder {out} ({e.strerror or e}): choose a writable {what}")
 
 
-def _check_run_folder(out: Path) -> None:
-    """Refuse an existing ``out`` that is not a sampling run's folder (pndm never deletes foreign files)."""
+def _check_run_folder(out: Path, kind: str) -> None:
+    """Refuse an existing ``out`` that is not the folder of an earlier ``kind`` run (:data:`RUN_KINDS`):
+    pndm never deletes foreign files, nor another command's results."""
     if not out.is_dir():
         raise PndmError(f"--out {out}: exists and is not a folder; choose another --out")
-    foreign = sorted(p.name for p in out.iterdir() if not RUN_FILES.match(p.name))
+    names = sorted(p.name for p in out.iterdir())
+    foreign = [name for name in names if not RUN_FILES.match(name)]
     if foreign:
         more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
         raise PndmError(
             f"--out {out} holds files pndm-run does not write ({foreign[0]}{more}); "
             "choose an empty or new --out"
         )
+    for other, pattern in RUN_KINDS.items():
+        theirs = next((name for name in names if other != kind and pattern.fullmatch(name)), None)
+        if theirs is not None:
+            raise PndmError(f"--out {out} holds the results of a pndm-run {other} ({theirs}), which this "
+                            f"{kind} would replace; choose another --out, or delete that folder first")
 
 
 def _clean_stale(out: Path) -> None:
@@ -113,11 +126,12 @@ def _clean_stale(out: Path) -> None:
 
 
 @contextlib.contextmanager
-def staged_output(out: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty staging folder for a run into ``out``; publish it as ``out`` if the body succeeds.
+def staged_output(out: str | os.PathLike, kind: str) -> Iterator[Path]:
+    """Yield an empty staging folder for a ``kind`` run (sample, interpolate or sweep) into ``out``;
+    publish it as ``out`` if the body succeeds.
 
     Before the body: take ``out``'s lock, clean up after dead runs, and check that an existing
-    ``out`` holds only a sampling run's files. On any error or interrupt the staging folder (and
+    ``out`` holds only the files of an earlier ``kind`` run. On any error or interrupt the staging folder (and
     any parent folder this call created) is removed and ``out`` is left as it was.
     """
     out = _named(out, "--out").resolve()
@@ -128,7 +142,7 @@ def staged_output(out: str | os.PathLike) -> Iterator[Path]:
                 stack.enter_context(folder_lock(out))
                 _clean_stale(out)
                 if out.exists():
-                    _check_run_folder(out)
+                    _check_run_folder(out, kind)
                 staging.mkdir()
             except OSError as e:
                 raise _unwritable(out, e) from e

@@ -124,7 +124,7 @@ def sweep(engine_paths, methods, steps, grids, num, batch, seed, reference, feat
     seeds = seed_list(seed, num)
     labels = engine_labels(engine_paths)
     threads = set_threads(threads)
-    with staged_output(out) as folder:  # all or nothing: the previous --out stays until the new one is whole
+    with staged_output(out, "sweep") as folder:  # all or nothing: the previous --out stays until the new one is whole
         engines = {}
         for path, label in zip(engine_paths, labels, strict=True):
             engine = load_engine(path, device, threads=threads, trust=trust_engine)
