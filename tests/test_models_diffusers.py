@@ -146,3 +146,19 @@ def test_google_ddpm_cifar10_layout_maps_onto_the_original(testdata):
     with torch.device("meta"):
         expected = build_model("ddpm", DDPM_CONFIGS["cifar10"]).state_dict()
     assert {k: tuple(v.shape) for k, v in mapped.items()} == {k: tuple(v.shape) for k, v in expected.items()}
+
+
+def test_engine_folder_without_manifest_says_so(tmp_path):
+    """An engine folder whose manifest.json is gone is named as such, not as a bad diffusers folder; an
+    engine path that is a folder is named too."""
+    from pndm.errors import EngineError
+    from pndm.runtime import load_engine
+
+    folder = tmp_path / "engines"
+    (folder / "unet.onnx").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="engines: an engine folder without a readable manifest.json, which "
+                                              "its engines need; export the model again with pndm-export build"):
+        load_engine(folder)
+    (folder / "manifest.json").write_text("{}")
+    with pytest.raises(EngineError, match="unet.onnx is a folder, not an engine file"):
+        load_engine(folder / "unet.onnx")

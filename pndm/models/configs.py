@@ -187,7 +187,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise PndmError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise PndmError(f"{path}: cannot read config ({first}); fix the file or pass a dict") from None
+        raise PndmError(f"{path}: cannot read config ({first}); fix the file (JSON, or YAML named .yml/.yaml)"
+                        ) from None
     if not isinstance(data, dict):
         raise PndmError(f"{path}: a config file must hold a mapping, got {type(data).__name__}")
     return data

@@ -153,6 +153,8 @@ def load_engine(
         path = path / DEFAULT_ENGINE
     if kind_of(path) is None:
         return load_torch_model(path, device)
+    if path.is_dir():
+        raise EngineError(f"{path} is a folder, not an engine file; give the engine file (or its folder)")
     if not path.is_file():
         raise EngineError(f"engine file not found: {path}")
     return open_engine(path, read_manifest(path), device, cuda_graph=cuda_graph, threads=threads, trust=trust)
