@@ -90,7 +90,9 @@ def test_out_with_foreign_files_is_refused_and_kept(tmp_path):
 
 
 @pytest.mark.parametrize(("theirs", "command"), [
-    (["sweep.json", "sweep.md", "sweep.png"], "sweep"), (["frame_000.png", "strip.png", "run.json"], "interpolate")])
+    (["sweep.json", "sweep.md", "sweep.png"], "sweep"),
+    (["frame_000.png", "strip.png", "run.json"], "interpolate"),
+])
 def test_another_commands_results_are_refused_and_kept(tmp_path, theirs, command):
     """sample never replaces a sweep's or an interpolation's folder (a mistyped --out would lose them)."""
     out = tmp_path / "results"

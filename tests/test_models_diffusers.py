@@ -156,8 +156,8 @@ def test_engine_folder_without_manifest_says_so(tmp_path):
 
     folder = tmp_path / "engines"
     (folder / "unet.onnx").mkdir(parents=True)
-    with pytest.raises(CheckpointError, match="engines: an engine folder without a readable manifest.json, which "
-                                              "its engines need; export the model again with pndm-export build"):
+    with pytest.raises(CheckpointError, match="engines: an engine folder without a readable manifest.json, "
+                                              "which its engines need; export the model again"):
         load_engine(folder)
     (folder / "manifest.json").write_text("{}")
     with pytest.raises(EngineError, match="unet.onnx is a folder, not an engine file"):

@@ -109,7 +109,7 @@ def _mixed_folder(folder, count=10):
 def test_resize_scores_a_reference_folder_that_mixes_sizes(tmp_path, engine_dir):
     samples, mixed = _samples(tmp_path / "samples"), _mixed_folder(tmp_path / "mixed")
     refused = run("score", str(samples), "--reference", str(mixed))
-    assert_one_line_error(refused, "real01.png is 16x16 but real00.png is 20x24; all images must share one size",
+    assert_one_line_error(refused, "real01.png is 16x16 but real00.png is 20x24; all images must share one",
                           "or pass --resize N (e.g. 299 for inception)")
     result = run("score", str(samples), "--reference", str(mixed), "--resize", "16")
     assert result.exit_code == 0, result.output

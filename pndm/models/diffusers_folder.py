@@ -80,8 +80,8 @@ def _unet_folder(path: Path) -> Path:
         from pndm.engine_format import kind_of
 
         if any(kind_of(entry) for entry in path.iterdir()):
-            raise CheckpointError(f"{path}: an engine folder without a readable manifest.json, which its engines "
-                                  "need; export the model again with pndm-export build")
+            raise CheckpointError(f"{path}: an engine folder without a readable manifest.json, which its "
+                                  "engines need; export the model again with pndm-export build")
         run = " (a pndm-train run folder: give its ema.safetensors)" * (path / "ema.safetensors").is_file()
         raise CheckpointError(f"{path}: not a diffusers model folder (no config.json inside){run}")
     return path

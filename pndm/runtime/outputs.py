@@ -45,7 +45,8 @@ GRID_MAX_IMAGES = 64  # grid.png shows the first 64 seeds; every image is still 
 # What a run of each command writes into --out, beside the run.json of sample and interpolate: a run
 # replaces a folder of its own command's files only, never another command's results.
 RUN_KINDS = {
-    "sample": re.compile(rf"seed\d{{6,}}\.png|samples\.npz|{re.escape(GRID_PNG)}|{re.escape(TRAJECTORY_PNG)}"),
+    "sample": re.compile(
+        rf"seed\d{{6,}}\.png|samples\.npz|{re.escape(GRID_PNG)}|{re.escape(TRAJECTORY_PNG)}"),
     "interpolate": re.compile(rf"frame_\d{{3,}}\.png|{re.escape(STRIP_PNG)}"),
     "sweep": re.compile(r"sweep\.(json|md|png)"),
 }

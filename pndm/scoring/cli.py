@@ -101,8 +101,8 @@ def _int_list(ctx, param, value):
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
 @trust_engine_option
 @debug_option
-def sweep(engine_paths, methods, steps, grids, num, batch, seed, reference, features, inception, resize, clip_x0,
-          out, device, threads, progress, trust_engine):
+def sweep(engine_paths, methods, steps, grids, num, batch, seed, reference, features, inception, resize,
+          clip_x0, out, device, threads, progress, trust_engine):
     """Frechet distance against NFE for methods and engines of one image shape: a table and a plot."""
     from pathlib import Path
 
@@ -124,7 +124,7 @@ def sweep(engine_paths, methods, steps, grids, num, batch, seed, reference, feat
     seeds = seed_list(seed, num)
     labels = engine_labels(engine_paths)
     threads = set_threads(threads)
-    with staged_output(out, "sweep") as folder:  # all or nothing: the previous --out stays until the new one is whole
+    with staged_output(out, "sweep") as folder:  # all or nothing (the previous --out kept until whole)
         engines = {}
         for path, label in zip(engine_paths, labels, strict=True):
             engine = load_engine(path, device, threads=threads, trust=trust_engine)
