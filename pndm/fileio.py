@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,29 +31,107 @@ def _default_file_mode() -> int:
     return 0o666 & ~umask
 
 
+# The temporary name of an atomic write: ``.<name>.<pid>_<8 random characters>.tmp`` (mkstemp's characters).
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)_[a-z0-9_]{8}\.tmp", re.DOTALL)
+_swept: set[str] = set()  # folders this process already rid of dead writers' temporary files
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs (another user's counts; so does an impossible pid, to be safe)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def _remove_if_dead(path: Path) -> bool:
+    """Remove ``path`` if it is the temporary file of an atomic write (:func:`atomic_path`) whose writer is
+    gone: the pid in its name runs no process here, and no one holds the ``flock`` its writer takes on it
+    (which a writer in another pid namespace, e.g. another container sharing the folder, still holds)."""
+    found = _TEMP_NAME.fullmatch(path.name)
+    if found is None or _pid_alive(int(found["pid"])):
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path.unlink()
+    except OSError:  # held by a live writer, gone meanwhile, or no flock on this file system: keep it
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def remove_dead_temp(path: str | os.PathLike) -> bool:
+    """If ``path`` is a temporary file left by an atomic write whose writer died (e.g. by SIGKILL), remove
+    it and return True; anything else (a live writer's file, any other file) is kept: False."""
+    return _remove_if_dead(Path(path))
+
+
+def remove_dead_temps(folder: str | os.PathLike) -> list[str]:
+    """Remove from ``folder`` the temporary files of atomic writes whose writers died
+    (:func:`remove_dead_temp`); a running writer's file is kept. Returns the names removed."""
+    removed = []
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            if _TEMP_NAME.fullmatch(entry.name) and _remove_if_dead(Path(entry.path)):
+                removed.append(entry.name)
+    return removed
+
+
+def _sweep_once(folder: Path) -> None:
+    """:func:`remove_dead_temps` the first time this process writes into ``folder`` (one listing per folder
+    and process: a run writing many files into one folder lists it once)."""
+    key = os.path.abspath(folder)
+    if key not in _swept:
+        _swept.add(key)
+        remove_dead_temps(folder)
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it onto ``final`` on success.
 
     The temporary file is removed if the body raises. Parent folders are created. The final
     file gets the usual permissions (0o666 less the umask), not mkstemp's private 0o600. A file
-    error that names no file (a failed ``write()``, e.g. a full disk) is raised naming ``final``.
+    error that names no file (a failed ``write()``, e.g. a full disk) or the temporary file is raised
+    naming ``final``: the user knows that path, not the temporary one.
+
+    The temporary file, ``.<name>.<pid>_<random>.tmp``, carries the writer's pid, and the writer holds an
+    ``flock`` on it while it writes. One a killed writer left behind (nothing runs at a SIGKILL) is removed
+    by the next atomic write into that folder (:func:`remove_dead_temps`); a live writer's is never touched.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
+    _sweep_once(final.parent)
+    try:
+        prefix = f".{final.name}.{os.getpid()}_"
+        fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=final.parent)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(final)) from e
     tmp = Path(tmp_name)
     try:
+        with contextlib.suppress(OSError):  # a file system without flock: the pid in the name still tells
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         yield tmp
         os.chmod(tmp, _default_file_mode())
         fault_point("write", final)
         os.replace(tmp, final)
     except OSError as e:
-        if e.filename is not None:
+        named = e.filename
+        if named is not None and not (isinstance(named, (str, os.PathLike)) and os.fspath(named) == tmp_name):
             raise
         raise OSError(e.errno, e.strerror, str(final)) from e  # a failed write() names no file
     finally:
+        os.close(fd)
         if tmp.exists():
             tmp.unlink()
 
@@ -201,9 +280,36 @@ def replace_dir(staging: Path, final: Path, old: Path) -> None:
     os.replace(staging, final)
 
 
+def remove_entry(path: str | os.PathLike) -> None:
+    """Remove ``path``: a folder with everything in it, or a file or symbolic link itself (never the folder
+    a link points to; ``shutil.rmtree`` refuses a link)."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def recover_dir(final: Path, old: Path) -> None:
-    """After a crash inside :func:`replace_dir`: put ``old`` back if ``final`` is gone, else drop it."""
-    if old.exists() and not final.exists():
+    """After a crash inside :func:`replace_dir`: put ``old`` back if ``final`` is gone, else drop it.
+
+    ``old`` may be a symbolic link (older pndm versions swapped a linked ``--out`` itself): it is removed as
+    a link, never followed."""
+    if not os.path.lexists(old):
+        return
+    if not final.exists():
         os.replace(old, final)
-    elif old.exists():
-        shutil.rmtree(old)
+    else:
+        remove_entry(old)
+
+
+def resolved_out(out: str | os.PathLike, what: str = "--out") -> Path:
+    """The absolute folder an output path names, symbolic links followed. A run or an export publishes its
+    folder by renaming, which would replace a link ``--out`` itself (the user's link lost, its target left
+    stale): resolved, the folder it points to is replaced and the link kept. Shared by every command that
+    publishes a folder (sample, interpolate, sweep, export)."""
+    try:
+        return Path(out).resolve()
+    except (OSError, RuntimeError) as e:  # a loop of links: RuntimeError up to Python 3.12, OSError after
+        raise PndmError(f"{what} {out}: its symbolic links form a loop; fix the link or choose another "
+                        f"{what}") from e

@@ -217,4 +217,4 @@ def test_non_writable_output(engine_dir, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     result = run("sample", "--engine", str(engine_dir / "unet.onnx"), "--out", str(blocker / "out"))
-    assert_one_line_error(result, "cannot write to the output folder", "--out")
+    assert_one_line_error(result, f"{blocker} is a file, not a folder", "choose another --out")

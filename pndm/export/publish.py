@@ -13,7 +13,11 @@
   the two renames is undone by the next export. The previous folder is then removed.
 - **Stale state**: holding the lock, an export first removes the staging folders of dead exports
   (siblings ``.DIR.pndm-export-*``, and ``.pndm-export-*`` folders inside DIR from older pndm
-  versions) and undoes an interrupted swap.
+  versions) and undoes an interrupted swap (a ``.DIR.pndm-old-*`` symbolic link, left by older versions
+  that swapped a linked DIR itself, is unlinked, never followed). The temporary files of killed atomic
+  writes in DIR (``.NAME.<pid>_<random>.tmp``) are not carried over.
+- **A linked DIR**: DIR is resolved first, so a symbolic link to a folder keeps pointing at it and that
+  folder is what is replaced (as for ``pndm-run sample --out``).
 
 Fault points (``PNDM_FAULT``, :mod:`pndm.faults`): ``export.publish`` (everything staged, just before
 the swap) and fileio's ``publish.between`` / ``write``.
@@ -30,7 +34,15 @@ from pathlib import Path
 
 from pndm.errors import PndmError
 from pndm.faults import fault_point
-from pndm.fileio import folder_lock, parents_undone_on_error, recover_dir, replace_dir
+from pndm.fileio import (
+    folder_lock,
+    parents_undone_on_error,
+    recover_dir,
+    remove_dead_temp,
+    remove_entry,
+    replace_dir,
+    resolved_out,
+)
 
 
 def _staging_name(out: Path, pid: int | str) -> Path:
@@ -49,7 +61,8 @@ def clean_stale(out: Path) -> None:
     if out.is_dir():
         stale += [p for p in out.glob(".pndm-export-*") if p.is_dir()]
     for folder in stale:
-        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            remove_entry(folder)
 
 
 def _link_or_copy(source: str, target: str) -> None:
@@ -60,12 +73,13 @@ def _link_or_copy(source: str, target: str) -> None:
 
 
 def _carry_over(out: Path, staging: Path) -> None:
-    """Link every entry of ``out`` that ``staging`` does not replace into ``staging``."""
+    """Link every entry of ``out`` that ``staging`` does not replace into ``staging``; the temporary file of
+    a killed atomic write (:func:`pndm.fileio.remove_dead_temp`) is removed, not carried over."""
     if not out.is_dir():
         return
     for entry in out.iterdir():
         target = staging / entry.name
-        if target.exists() or target.is_symlink():
+        if target.exists() or target.is_symlink() or remove_dead_temp(entry):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.copytree(entry, target, symlinks=True, copy_function=_link_or_copy)
@@ -77,8 +91,9 @@ def _carry_over(out: Path, staging: Path) -> None:
 def staged_export(out: str | os.PathLike) -> Iterator[Path]:
     """Hold ``out``'s lock and yield an empty staging folder; when the body returns, publish it as
     ``out`` together with the entries of ``out`` it does not replace. On any error, interrupt or kill
-    ``out`` keeps its previous content (module docstring)."""
-    out = Path(os.path.abspath(out))
+    ``out`` keeps its previous content (module docstring). An ``out`` that is a symbolic link to a folder
+    publishes into that folder and stays a link (:func:`pndm.fileio.resolved_out`)."""
+    out = resolved_out(out)
     if Path.cwd() == out or out in Path.cwd().parents:
         raise PndmError(f"output directory {out} holds the current directory, and an export replaces the "
                         "whole folder; run from outside it or choose another out=DIR")

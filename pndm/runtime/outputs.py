@@ -38,6 +38,7 @@ from pndm.fileio import (
     parents_undone_on_error,
     recover_dir,
     replace_dir,
+    resolved_out,
 )
 from pndm.images import GRID_PNG, STRIP_PNG, TRAJECTORY_PNG, make_grid, save_png
 
@@ -88,14 +89,33 @@ def prepare_out_file(path: str | os.PathLike, what: str = "--out") -> Path:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:
-        raise _unwritable(existing, e, what) from e
+        raise _unwritable(path, e, what, folder=existing) from e
     return path
 
 
-def _unwritable(out: Path, e: OSError, what: str = "--out") -> PndmError:
-    if e.errno in (errno.ENOSPC, errno.EROFS):
-        return PndmError(os_error_message(e, what))
-    return PndmError(f"cannot write to the output folder {out} ({e.strerror or e}): choose a writable {what}")
+def _file_in_the_way(out: Path, *, is_file: bool) -> Path | None:
+    """The file that stands where ``out`` needs a folder (``out`` itself too unless ``is_file``), if any."""
+    out = out.absolute()
+    for path in (out.parents if is_file else (out, *out.parents)):
+        if path.exists():
+            return None if path.is_dir() else path
+    return None
+
+
+def _unwritable(out: Path, e: OSError, what: str = "--out", *, folder: Path | None = None) -> PndmError:
+    """The one line for a failed write into ``out``, the path the user gave with ``what``: a folder, or with
+    ``folder`` (the nearest existing folder above it, where the write was tried) a file. The line names these
+    paths, never the temporary file the probe wrote."""
+    blocker = _file_in_the_way(out, is_file=folder is not None)
+    if blocker == out.absolute():
+        return PndmError(f"{what} {out} is a file, not a folder; choose another {what}")
+    if blocker is not None:
+        return PndmError(f"{what} {out}: {blocker} is a file, not a folder; choose another {what}")
+    folder = out if folder is None else folder
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return PndmError(os_error_message(OSError(e.errno, e.strerror, str(folder)), what))
+    return PndmError(f"cannot write to the output folder {folder} ({e.strerror or e}): "
+                     f"choose a writable {what}")
 
 
 def _check_run_folder(out: Path, kind: str) -> None:
@@ -135,7 +155,7 @@ def staged_output(out: str | os.PathLike, kind: str) -> Iterator[Path]:
     ``out`` holds only the files of an earlier ``kind`` run. On any error or interrupt the staging folder (and
     any parent folder this call created) is removed and ``out`` is left as it was.
     """
-    out = _named(out, "--out").resolve()
+    out = resolved_out(_named(out, "--out"))
     staging = out.parent / f".{out.name}.pndm-staging-{os.getpid()}"
     with parents_undone_on_error(out):
         with contextlib.ExitStack() as stack:
