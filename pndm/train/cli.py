@@ -65,8 +65,8 @@ SEED_MAX = (2**64 - 1000) // 1000
 @click.option("--resize", is_flag=True,
               help="Resize images to the model's resolution instead of padding.  [default: off (pad)]")
 @click.option("--init-from", default=None,
-              help="Start from the weights of this pndm checkpoint ('default': the shipped model); "
-                   "the optimizer starts fresh.  [default: none (random initial weights)]")
+              help="Start from the weights of this pndm .safetensors checkpoint ('default': the shipped "
+                   "model); the optimizer starts fresh.  [default: none (random initial weights)]")
 @click.option("--t-focus", default=None,
               help="START:SHARE: draw t for SHARE of each batch from [START, T-1] instead of [0, T-1] "
                    "(more training where deterministic samplers amplify eps errors).  [default: none (t "
@@ -84,8 +84,8 @@ def train(device, resume, allow_change, progress, **options):
     import contextlib
 
     from pndm.fileio import folder_lock
-    from pndm.train.checkpoints import clean, saved_settings
-    from pndm.train.loop import TrainConfig, Trainer, init_distributed
+    from pndm.train.checkpoints import clean, remove_if_empty, resumable_unit, saved_settings
+    from pndm.train.loop import TrainConfig, Trainer, init_distributed, refuse_new_run
 
     if allow_change and not resume:
         raise PndmError("--allow-change needs --resume (it lets a resumed run change a setting)")
@@ -95,27 +95,38 @@ def train(device, resume, allow_change, progress, **options):
     if os.path.exists(options["out"]) and not os.path.isdir(options["out"]):
         raise PndmError(f"--out {options['out']} is a file; choose a run folder (a new one, or a run's to "
                         "--resume) as --out")
+    out = Path(options["out"])
+    # What is wrong with the run folder is said before the data are read (and checked again under the lock).
     if resume:
+        resumable_unit(out)
         origin = click.get_current_context().get_parameter_source
-        saved = saved_settings(Path(options["out"]))
+        saved = saved_settings(out)
         options.update({name: saved[name] for name in RESUMED_FIELDS
                         if name in saved and origin(name) is ParameterSource.DEFAULT})
+    else:
+        refuse_new_run(out)
     init_distributed()
+    fresh = not os.path.lexists(options["out"])  # made by this run: removed again if it ends up empty
     trainer = Trainer(TrainConfig(**options), device=device)
     lock = folder_lock(trainer.out, replaced=False) if trainer.rank == 0 else contextlib.nullcontext()
     with lock:
-        if trainer.rank == 0:
-            clean(trainer.out)  # what a killed run left half-written
         if resume:
             trainer.resume(allow_change)
         else:
             trainer.check_new_run()
+        # Only now that the run is accepted: a refused command leaves the folder as it was.
         if trainer.rank == 0:
+            clean(trainer.out)  # what a killed run left half-written, and nothing that is not pndm's
             for note in trainer.notes:
                 click.echo(note, err=True)
         on_sample = None
         if trainer.config.sample_every:
             from pndm.train.preview import save_preview as on_sample
-        trainer.run(on_sample=on_sample, progress=progress)
+        try:
+            trainer.run(on_sample=on_sample, progress=progress)
+        except BaseException:
+            if fresh and trainer.rank == 0:
+                remove_if_empty(trainer.out)  # e.g. a full disk before the first checkpoint
+            raise
     if trainer.rank == 0:
         click.echo(f"wrote {trainer.out / 'ema.safetensors'} (EMA weights, step {trainer.step})", err=True)

@@ -35,7 +35,7 @@ from pndm.errors import PndmError
 from pndm.models import build_model, load_checkpoint
 from pndm.prediction import training_target
 from pndm.schedules import make_schedule
-from pndm.train.checkpoints import holds_run, read_unit, write_unit
+from pndm.train.checkpoints import foreign_entries, holds_run, read_unit, run_unit, write_unit
 from pndm.train.data import fit_resolution, load_images, to_model_range
 from pndm.train.presets import CHANGEABLE_FIELDS, RUN_FIELDS, resolve_arch
 from pndm.validate import available_device
@@ -114,7 +114,7 @@ class Trainer:
         Without a prediction of its own the run trains the checkpoint's."""
         from pndm.models.registry import DEFAULT_WEIGHTS
 
-        state, config = load_checkpoint(DEFAULT_WEIGHTS if source == "default" else source)
+        state, config = load_checkpoint(DEFAULT_WEIGHTS if source == "default" else _init_file(source))
         mine = {k: list(v) if isinstance(v, tuple) else v for k, v in self.model_config.items()}
         if config.get("model") != mine:
             raise PndmError(f"--init-from {source}: its model config differs from --arch {self.config.arch}")
@@ -209,12 +209,8 @@ class Trainer:
         write_unit(self.out, self.step, parts, self._checkpoint_config())
 
     def check_new_run(self) -> None:
-        """Refuse to start a run in a folder that already holds one (it would be overwritten)."""
-        if holds_run(self.out):
-            raise PndmError(
-                f"--out {self.out} already holds a training run; continue it with --resume "
-                "or choose a new --out"
-            )
+        """Refuse to start a run in a folder that already holds one (:func:`refuse_new_run`)."""
+        refuse_new_run(self.out)
 
     def resume(self, allow_change: tuple[str, ...] = ()) -> None:
         """Restore model, EMA, optimizer, step and RNG states from the run's current checkpoint.
@@ -223,6 +219,11 @@ class Trainer:
         RUN_FIELDS differ from the saved ones, except the fields named in ``allow_change``.
         """
         step, parts = read_unit(self.out)
+        unit, adopted = run_unit(self.out)
+        if adopted and self.rank == 0:
+            self.notes.append(f"note: {self.out} has no 'current' link (a run killed as it saved its first "
+                              f"checkpoint, or a copy that lost the link); resuming from {unit}, its newest "
+                              "complete checkpoint")
         model_state, saved = parts["model"]
         self._check_same_run(saved, allow_change)
         self.model.load_state_dict(model_state)
@@ -291,6 +292,48 @@ class Trainer:
                     self.save()
                 if on_sample and cfg.sample_every and self.step % cfg.sample_every == 0 and self.rank == 0:
                     on_sample(self)
+
+
+def refuse_new_run(out: Path) -> None:
+    """Refuse a new run into a folder that already holds one (it would be overwritten), or whose
+    ``checkpoints/`` holds anything but a killed run's temporary units (a new run writes there)."""
+    if holds_run(out):
+        raise PndmError(f"--out {out} already holds a training run; continue it with --resume "
+                        "or choose a new --out")
+    foreign = foreign_entries(out)
+    if not foreign:
+        return
+    folder = out / "checkpoints"
+    if foreign == ["checkpoints"] and not folder.is_dir():
+        raise PndmError(f"--out {out}: {folder} is a file, and pndm-train keeps its checkpoints in that "
+                        "folder; move the file elsewhere or choose another --out")
+    names = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+    raise PndmError(
+        f"--out {out}: {folder} already holds {names}, not a training run's checkpoint; pndm-train keeps "
+        "its own checkpoints there, so move them elsewhere or choose another --out"
+    )
+
+
+def _init_file(source: str) -> Path:
+    """The file ``--init-from`` names, refused in one line where it is not a pndm checkpoint file."""
+    path = Path(source)
+    wanted = "--init-from takes a pndm .safetensors checkpoint (e.g. a run's ema.safetensors) or 'default'"
+    if path.is_dir():
+        raise PndmError(f"--init-from {source} is a folder; {wanted}")
+    if path.is_file() and (path.suffix != ".safetensors" or _is_torch_file(path)):
+        kind = "a torch file, not a pndm checkpoint" if _is_torch_file(path) else "not a pndm checkpoint"
+        raise PndmError(f"--init-from {source} is {kind}; {wanted}: save other weights as one with "
+                        "pndm.models.save_checkpoint (docs/MODELS.md)")
+    return path
+
+
+def _is_torch_file(path: Path) -> bool:
+    """A torch.save file: a zip archive, or a bare pickle (protocol 2 to 5), not a safetensors file (an
+    8-byte header length, then its JSON header's "{", which may also start with 0x80)."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    pickle = head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+    return head[:4] == b"PK\x03\x04" or (pickle and head[8:9] != b"{")
 
 
 def _parse_t_focus(value: str | None, T: int) -> tuple[int, float] | None:
