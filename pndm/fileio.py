@@ -307,9 +307,18 @@ def resolved_out(out: str | os.PathLike, what: str = "--out") -> Path:
     """The absolute folder an output path names, symbolic links followed. A run or an export publishes its
     folder by renaming, which would replace a link ``--out`` itself (the user's link lost, its target left
     stale): resolved, the folder it points to is replaced and the link kept. Shared by every command that
-    publishes a folder (sample, interpolate, sweep, export)."""
+    publishes a folder (sample, interpolate, sweep, export). A folder that holds the current directory
+    is refused: replacing it would leave the shell in a deleted folder."""
     try:
-        return Path(out).resolve()
+        resolved = Path(out).resolve()
     except (OSError, RuntimeError) as e:  # a loop of links: RuntimeError up to Python 3.12, OSError after
         raise PndmError(f"{what} {out}: its symbolic links form a loop; fix the link or choose another "
                         f"{what}") from e
+    try:
+        cwd = Path.cwd()
+    except OSError:  # the current directory was deleted: nothing to protect
+        return resolved
+    if resolved == cwd or resolved in cwd.parents:
+        raise PndmError(f"{what} {resolved} holds the current directory, and the whole folder is replaced; "
+                        f"run from outside it or choose another {what}")
+    return resolved

@@ -107,6 +107,18 @@ def test_another_commands_results_are_refused_and_kept(tmp_path, theirs, command
     assert _leftovers(tmp_path, out) == []
 
 
+def test_a_run_into_the_current_directory_is_refused(tmp_path, monkeypatch):
+    """sample --out . from inside a previous run's folder would leave the shell in a deleted folder."""
+    out = tmp_path / "samples"
+    _sample(out)
+    before = _content(out)
+    monkeypatch.chdir(out)
+    with pytest.raises(PndmError, match=r"--out .*samples holds the current directory, and the whole folder is "
+                                        "replaced; run from outside it or choose another --out"):
+        _sample(".")
+    assert _content(out) == before
+
+
 @pytest.mark.parametrize("previous", [True, False], ids=["over-a-run", "fresh"])
 @pytest.mark.parametrize(("fault", "exit_code"), [
     ("write@2:kill", -signal.SIGKILL), ("sample.publish:kill", -signal.SIGKILL),

@@ -32,7 +32,6 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from pndm.errors import PndmError
 from pndm.faults import fault_point
 from pndm.fileio import (
     folder_lock,
@@ -94,9 +93,6 @@ def staged_export(out: str | os.PathLike) -> Iterator[Path]:
     ``out`` keeps its previous content (module docstring). An ``out`` that is a symbolic link to a folder
     publishes into that folder and stays a link (:func:`pndm.fileio.resolved_out`)."""
     out = resolved_out(out)
-    if Path.cwd() == out or out in Path.cwd().parents:
-        raise PndmError(f"output directory {out} holds the current directory, and an export replaces the "
-                        "whole folder; run from outside it or choose another out=DIR")
     with parents_undone_on_error(out), folder_lock(out):
         clean_stale(out)
         staging = _staging_name(out, os.getpid())
