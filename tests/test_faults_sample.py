@@ -113,8 +113,8 @@ def test_a_run_into_the_current_directory_is_refused(tmp_path, monkeypatch):
     _sample(out)
     before = _content(out)
     monkeypatch.chdir(out)
-    with pytest.raises(PndmError, match=r"--out .*samples holds the current directory, and the whole folder is "
-                                        "replaced; run from outside it or choose another --out"):
+    with pytest.raises(PndmError, match=r"--out .*samples holds the current directory, and the whole "
+                                        "folder is replaced; run from outside it or choose another --out"):
         _sample(".")
     assert _content(out) == before
 
