@@ -202,3 +202,20 @@ def test_export_refuses_to_replace_the_current_directory(checkpoint, out, monkey
     monkeypatch.chdir(out)
     with pytest.raises(PndmError, match="holds the current directory"):
         export(checkpoint, Path("."), "fp32")
+
+
+def test_another_models_export_removes_the_engines_it_drops(checkpoint, out, tmp_path):
+    """Exporting model B into model A's folder leaves no engine of A that no manifest lists (a mix of two
+    models); the user's own file stays; an engine of the same model is kept."""
+    import json
+
+    from pndm.models import load_checkpoint, save_checkpoint
+
+    export(checkpoint, out, "fp16")  # same model: unet.onnx re-exported, nothing dropped
+    assert {"unet.onnx", "unet.fp16.onnx", "notes.txt"} <= set(snapshot(out))
+    state, header = load_checkpoint(checkpoint)
+    other = save_checkpoint(tmp_path / "other.safetensors", {k: v + 0.01 for k, v in state.items()}, header)
+    result = export(other, out, "fp32")
+    assert "unet.fp16.onnx" not in snapshot(out) and (out / "notes.txt").read_text() == "mine"
+    assert list(json.loads((out / "manifest.json").read_text())["engines"]) == ["unet.onnx"]
+    assert any(note.startswith(f"unet.fp16.onnx: removed from {out}") for note in result.notes)

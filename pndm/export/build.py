@@ -240,7 +240,8 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
     check_keep_float(model, options.keep_float)
     stage = _Stages(log)
     out = Path(options.out)
-    with staged_export(out) as staging:
+    dropped_engines: set[str] = set()  # older engines the new manifest does not list: not published again
+    with staged_export(out, dropped_engines) as staging:
         files, notes = [], list(spec.notes)
         image_shape = tuple(spec.image_shape)
         manifest = Manifest.new(
@@ -364,8 +365,10 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
             files += [REFERENCE_FILE, Path(REFERENCE_FILE).with_suffix(".json").name]
 
         manifest, dropped = merge(previous_manifest(out), manifest, out)
+        dropped_engines.update(dropped)
         for name in dropped:
-            notes.append(f"{name}: dropped from the manifest (its file is gone or belongs to another model)")
+            notes.append(f"{name}: removed from {out} with its manifest entry (its file was gone, changed, or "
+                         "belongs to the model exported there before)")
         write_manifest(staging, manifest)
         files.append("manifest.json")
     table = format_table({n: manifest.verification[n] for n in files if n in manifest.verification})

@@ -5,8 +5,8 @@
   that pid; the lock of a dead process is released by the kernel and simply taken over.
 - **Staging**: the export writes its files into a hidden sibling ``.DIR.pndm-export-<pid>``. DIR is
   not touched until everything is written and verified.
-- **Publish**: the entries of DIR the export does not replace (older engines, the user's own files)
-  are hard-linked into the staging folder (no bytes copied; a copy where links are impossible), then
+- **Publish**: the entries of DIR the export does not replace (older engines of the same model, the
+  user's own files) are hard-linked into the staging folder (no bytes copied; a copy where links are impossible), then
   :func:`pndm.fileio.replace_dir` swaps staging and DIR in one step (Linux ``renameat2``
   ``RENAME_EXCHANGE``): a reader, or a kill at any moment, sees the old folder or the new one. Where
   the kernel cannot swap, DIR is renamed aside and the staging folder renamed in; a crash between
@@ -71,14 +71,15 @@ def _link_or_copy(source: str, target: str) -> None:
         shutil.copy2(source, target, follow_symlinks=False)
 
 
-def _carry_over(out: Path, staging: Path) -> None:
-    """Link every entry of ``out`` that ``staging`` does not replace into ``staging``; the temporary file of
-    a killed atomic write (:func:`pndm.fileio.remove_dead_temp`) is removed, not carried over."""
+def _carry_over(out: Path, staging: Path, left_out: set[str]) -> None:
+    """Link every entry of ``out`` that ``staging`` does not replace, and ``left_out`` does not name, into
+    ``staging``; the temporary file of a killed atomic write (:func:`pndm.fileio.remove_dead_temp`) is
+    removed, not carried over."""
     if not out.is_dir():
         return
     for entry in out.iterdir():
         target = staging / entry.name
-        if target.exists() or target.is_symlink() or remove_dead_temp(entry):
+        if entry.name in left_out or target.exists() or target.is_symlink() or remove_dead_temp(entry):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.copytree(entry, target, symlinks=True, copy_function=_link_or_copy)
@@ -87,9 +88,10 @@ def _carry_over(out: Path, staging: Path) -> None:
 
 
 @contextlib.contextmanager
-def staged_export(out: str | os.PathLike) -> Iterator[Path]:
+def staged_export(out: str | os.PathLike, left_out: set[str] | None = None) -> Iterator[Path]:
     """Hold ``out``'s lock and yield an empty staging folder; when the body returns, publish it as
-    ``out`` together with the entries of ``out`` it does not replace. On any error, interrupt or kill
+    ``out`` together with the entries of ``out`` it does not replace, but those named in ``left_out``
+    (a set the body may fill: the engines of another model). On any error, interrupt or kill
     ``out`` keeps its previous content (module docstring). An ``out`` that is a symbolic link to a folder
     publishes into that folder and stays a link (:func:`pndm.fileio.resolved_out`)."""
     out = resolved_out(out)
@@ -99,7 +101,7 @@ def staged_export(out: str | os.PathLike) -> Iterator[Path]:
         staging.mkdir()
         try:
             yield staging
-            _carry_over(out, staging)
+            _carry_over(out, staging, left_out or set())
             fault_point("export.publish", out)
             old = _old_name(out)
             try:
