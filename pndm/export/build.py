@@ -367,8 +367,8 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
         manifest, dropped = merge(previous_manifest(out), manifest, out)
         dropped_engines.update(dropped)
         for name in dropped:
-            notes.append(f"{name}: removed from {out} with its manifest entry (its file was gone, changed, or "
-                         "belongs to the model exported there before)")
+            notes.append(f"{name}: removed from {out} with its manifest entry (its file was gone, changed, "
+                         "or belongs to the model exported there before)")
         write_manifest(staging, manifest)
         files.append("manifest.json")
     table = format_table({n: manifest.verification[n] for n in files if n in manifest.verification})

@@ -6,8 +6,8 @@
 - **Staging**: the export writes its files into a hidden sibling ``.DIR.pndm-export-<pid>``. DIR is
   not touched until everything is written and verified.
 - **Publish**: the entries of DIR the export does not replace (older engines of the same model, the
-  user's own files) are hard-linked into the staging folder (no bytes copied; a copy where links are impossible), then
-  :func:`pndm.fileio.replace_dir` swaps staging and DIR in one step (Linux ``renameat2``
+  user's own files) are hard-linked into the staging folder (no bytes copied; a copy where links are
+  impossible), then :func:`pndm.fileio.replace_dir` swaps staging and DIR in one step (Linux ``renameat2``
   ``RENAME_EXCHANGE``): a reader, or a kill at any moment, sees the old folder or the new one. Where
   the kernel cannot swap, DIR is renamed aside and the staging folder renamed in; a crash between
   the two renames is undone by the next export. The previous folder is then removed.
