@@ -12,13 +12,12 @@ import os
 import shutil
 import signal
 import sys
-from collections import Counter
 
 import numpy as np
 import pytest
 import torch
+from train_fixtures import ARCH, fresh_fault_counts, tiny_inputs  # noqa: F401  (fixtures)
 
-from pndm import faults
 from pndm.cli import train_cli
 from pndm.errors import PndmError
 from pndm.fileio import folder_lock
@@ -28,22 +27,7 @@ from pndm.train.cli import train
 
 # 4 steps, a checkpoint every 2: two units, each written as 7 files (3 parts x 2 + unit.json).
 STEPS, EVERY, WRITES_PER_UNIT = 4, 2, 7
-ARCH = {"ch": 32, "out_ch": 1, "ch_mult": [1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0,
-        "in_channels": 1, "resolution": 8, "resamp_with_conv": True}
 
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("inputs")
-    images = np.random.default_rng(0).integers(0, 256, (16, 8, 8), dtype=np.uint8)
-    np.savez(folder / "data.npz", images=images)
-    (folder / "arch.json").write_text(json.dumps(ARCH))
-    return folder
-
-
-@pytest.fixture(autouse=True)
-def _fresh_fault_counts(monkeypatch):
-    monkeypatch.setattr(faults, "_hits", Counter())
 
 
 def _args(inputs, out, *extra):

@@ -10,41 +10,23 @@ links is repaired by the next run, which also takes the saved settings; the mess
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import signal
-from collections import Counter
 
-import numpy as np
 import pytest
 import torch
 from cli_checks import assert_one_line_error
 from click.testing import CliRunner
+from train_fixtures import fresh_fault_counts, tiny_inputs  # noqa: F401  (fixtures)
 
-from pndm import faults
 from pndm.cli import LazyGroup
 from pndm.models import load
 from pndm.train.checkpoints import clean, read_unit, saved_settings
 from pndm.train.cli import train
 
-ARCH = {"ch": 32, "out_ch": 1, "ch_mult": [1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0,
-        "in_channels": 1, "resolution": 8, "resamp_with_conv": True}
 group = LazyGroup(name="pndm-train", lazy_commands={"train": "pndm.train.cli:train"})
 
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("inputs")
-    images = np.random.default_rng(0).integers(0, 256, (16, 8, 8), dtype=np.uint8)
-    np.savez(folder / "data.npz", images=images)
-    (folder / "arch.json").write_text(json.dumps(ARCH))
-    return folder
-
-
-@pytest.fixture(autouse=True)
-def _fresh_fault_counts(monkeypatch):
-    monkeypatch.setattr(faults, "_hits", Counter())
 
 
 def _args(inputs, out, *extra, steps=2):
