@@ -109,7 +109,8 @@ def test_tune_checks_out_and_seeds_first(case, tmp_path):
     (tmp_path / "file").write_text("not a folder")
     args, fragments = {
         "folder": (["--out", str(tmp_path / "adir")], ["--out", "is a folder", "path of a file"]),
-        "unwritable": (["--out", str(tmp_path / "file" / "r.json")], ["choose a writable --out"]),
+        "unwritable": (["--out", str(tmp_path / "file" / "r.json")], ["file is a file, not a folder; choose "
+                                                                       "another --out"]),
         "empty": (["--out", ""], ["--out is empty"]),
         "seed": (["--seed", str(2**64 - 1), "--seeds", "2", "--holdout", "3"],
                  [f"--seed {2**64 - 1}", "64 bits", f"use --seed {2**64 - 5} or less"]),
@@ -181,7 +182,7 @@ def test_score_json_errors_name_json(tmp_path):
     (tmp_path / "adir").mkdir()
     unwritable = run("score", str(samples), "--reference", "mnist", "--json",
                      str(tmp_path / "file" / "x.json"))
-    assert_one_line_error(unwritable, "choose a writable --json")
+    assert_one_line_error(unwritable, "file is a file, not a folder; choose another --json")
     folder = run("score", str(samples), "--reference", "mnist", "--json", str(tmp_path / "adir"))
     assert_one_line_error(folder, "--json", "is a folder")
 
