@@ -31,8 +31,9 @@ def _default_file_mode() -> int:
     return 0o666 & ~umask
 
 
-# The temporary name of an atomic write: ``.<name>.<pid>_<8 random characters>.tmp`` (mkstemp's characters).
-_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)_[a-z0-9_]{8}\.tmp", re.DOTALL)
+# The temporary name of an atomic write: ``.<name>.pndm-<pid>_<8 random characters>.tmp`` (mkstemp's
+# characters); the ``pndm-`` marker keeps a user's own ``.x.123_abcdefgh.tmp`` out of the cleanup.
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.pndm-(?P<pid>\d+)_[a-z0-9_]{8}\.tmp", re.DOTALL)
 _swept: set[str] = set()  # folders this process already rid of dead writers' temporary files
 
 
@@ -105,15 +106,15 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     error that names no file (a failed ``write()``, e.g. a full disk) or the temporary file is raised
     naming ``final``: the user knows that path, not the temporary one.
 
-    The temporary file, ``.<name>.<pid>_<random>.tmp``, carries the writer's pid, and the writer holds an
-    ``flock`` on it while it writes. One a killed writer left behind (nothing runs at a SIGKILL) is removed
+    The temporary file, ``.<name>.pndm-<pid>_<random>.tmp``, carries the writer's pid, and the writer holds
+    an ``flock`` on it while it writes. One a killed writer left behind (nothing runs at a SIGKILL) is removed
     by the next atomic write into that folder (:func:`remove_dead_temps`); a live writer's is never touched.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     _sweep_once(final.parent)
     try:
-        prefix = f".{final.name}.{os.getpid()}_"
+        prefix = f".{final.name}.pndm-{os.getpid()}_"
         fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=final.parent)
     except OSError as e:
         raise OSError(e.errno, e.strerror, str(final)) from e
@@ -202,6 +203,8 @@ def check_replaceable(folder: str | os.PathLike, what: str = "--out") -> None:
 
 
 def _lock_path(folder: Path) -> Path:
+    """The lock file of ``folder``, the same however the folder is named (``.``, a symbolic link to it)."""
+    folder = Path(os.path.realpath(folder))
     return folder.parent / f".{folder.name}.pndm-lock"
 
 

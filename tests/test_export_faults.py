@@ -206,7 +206,7 @@ def test_export_refuses_to_replace_the_current_directory(checkpoint, out, monkey
 
 def test_another_models_export_removes_the_engines_it_drops(checkpoint, out, tmp_path):
     """Exporting model B into model A's folder leaves no engine of A that no manifest lists (a mix of two
-    models); the user's own file stays; an engine of the same model is kept."""
+    models); the user's own file stays, and so does an engine file changed since pndm wrote it."""
     import json
 
     from pndm.models import load_checkpoint, save_checkpoint
@@ -219,3 +219,11 @@ def test_another_models_export_removes_the_engines_it_drops(checkpoint, out, tmp
     assert "unet.fp16.onnx" not in snapshot(out) and (out / "notes.txt").read_text() == "mine"
     assert list(json.loads((out / "manifest.json").read_text())["engines"]) == ["unet.onnx"]
     assert any(note.startswith(f"unet.fp16.onnx: removed from {out}") for note in result.notes)
+    # an engine file changed since pndm wrote it is not pndm's to delete: dropped from the manifest, kept
+    export(other, out, "fp16")
+    with open(out / "unet.fp16.onnx", "ab") as edited:
+        edited.write(b"\0")
+    result = export(checkpoint, out, "fp32")
+    assert (out / "unet.fp16.onnx").read_bytes().endswith(b"\0")
+    assert list(json.loads((out / "manifest.json").read_text())["engines"]) == ["unet.onnx"]
+    assert any(note.startswith("unet.fp16.onnx: dropped from the manifest") for note in result.notes)

@@ -3,8 +3,9 @@
 - An ``--out`` that is a symbolic link to a folder: the export, like ``pndm-run sample``, replaces the folder
   it points to and keeps the link (:func:`pndm.fileio.resolved_out`, shared by both); a ``.DIR.pndm-old-*``
   link an older version left is unlinked, never followed, so the next export is not stuck.
-- A killed atomic write (``tune``'s recipe.json, ``score --json``, ...) leaves ``.NAME.<pid>_<random>.tmp``:
-  the next write into that folder removes it, never a live writer's, and an export does not carry it over.
+- A killed atomic write (``tune``'s recipe.json, ``score --json``, ...) leaves
+  ``.NAME.pndm-<pid>_<random>.tmp``: the next write into that folder removes it, never a live writer's,
+  and an export does not carry it over.
 - A file where ``--out`` needs a folder, and a read-only file system: the line names the user's path.
 """
 
@@ -154,13 +155,14 @@ def test_the_next_write_removes_a_killed_writers_temporary_file_only(tmp_path):
     recipe.write_text("previous")
     dead = _killed_write(recipe)
     left = [p.name for p in tmp_path.iterdir() if p.name != "recipe.json"]
-    assert len(left) == 1 and re.fullmatch(rf"\.recipe\.json\.{dead}_\w{{8}}\.tmp", left[0])
+    assert len(left) == 1 and re.fullmatch(rf"\.recipe\.json\.pndm-{dead}_\w{{8}}\.tmp", left[0])
     assert recipe.read_text() == "previous"
-    live = tmp_path / f".recipe.json.{os.getpid()}_abcdefgh.tmp"  # a running writer's (this process)
+    live = tmp_path / f".recipe.json.pndm-{os.getpid()}_abcdefgh.tmp"  # a running writer's (this one)
     live.write_text("being written")
-    elsewhere = tmp_path / f".recipe.json.{dead}_zzzzzzzz.tmp"  # a writer whose pid we cannot see: its flock
+    elsewhere = tmp_path / f".recipe.json.pndm-{dead}_zzzzzzzz.tmp"  # a writer whose pid is unseen: flock
     elsewhere.write_text("being written")
-    mine = [tmp_path / ".recipe.json.bak", tmp_path / f".recipe.json.{dead}.tmp"]  # the user's own names
+    mine = [tmp_path / ".recipe.json.bak", tmp_path / f".recipe.json.{dead}.tmp",  # the user's own names
+            tmp_path / f".backup.{dead}_abcdefgh.tmp"]
     for path in mine:
         path.write_text("keep")
     fd = os.open(elsewhere, os.O_RDONLY)
@@ -186,7 +188,7 @@ def test_a_write_error_names_the_file_not_its_temporary_name(tmp_path):
 def test_an_export_does_not_carry_a_killed_writers_temporary_file_over(linked, tmp_path):
     _, target = linked
     dead = _killed_write(target / "recipe.json")
-    assert any(p.name.startswith(f".recipe.json.{dead}_") for p in target.iterdir())
+    assert any(p.name.startswith(f".recipe.json.pndm-{dead}_") for p in target.iterdir())
     _publish(target)
     assert sorted(p.name for p in target.iterdir()) == ["manifest.json", "notes.txt"]
 
@@ -236,3 +238,18 @@ def test_a_read_only_file_system_names_the_out_folder_not_a_temporary_file(tmp_p
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert exit_info.value.code == 2
     assert lines[-1] == f"error: read-only file system: {mnt}; choose a writable --out"
+
+
+def test_one_lock_however_the_folder_is_named(tmp_path, monkeypatch):
+    """A folder's lock is the same through a symbolic link and as '.' from inside it (pndm-train locks
+    --out as typed), so a second writer is refused whichever name it uses."""
+    from pndm.fileio import FolderBusyError, folder_lock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "runlink").symlink_to(run)
+    monkeypatch.chdir(run)
+    with folder_lock(run, replaced=False):
+        for other in (tmp_path / "runlink", Path(".")):
+            with pytest.raises(FolderBusyError), folder_lock(other, replaced=False):
+                pass

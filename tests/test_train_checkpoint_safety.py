@@ -88,6 +88,22 @@ def test_a_new_run_into_a_checkpoints_folder_with_other_files_is_refused_and_del
     assert _snapshot(out) == before
 
 
+@pytest.mark.parametrize("name", ["model.json", "ema.json", "train_state.json", "ema.safetensors"])
+def test_a_new_run_over_files_at_the_names_it_publishes_is_refused(name, inputs, tmp_path):
+    """(A regular ema.safetensors is the layout of older runs: refused as "already holds a training run".)"""
+    out = tmp_path / "run"
+    out.mkdir()
+    if name == "ema.safetensors":
+        (out / "mine.safetensors").write_text("mine")
+        (out / name).symlink_to("mine.safetensors")
+    else:
+        (out / name).write_text("mine")
+    before = _snapshot(out)
+    assert_one_line_error(_invoke(inputs, out), f"holds {name}, names pndm-train writes itself",
+                          "move them elsewhere or choose another --out")
+    assert _snapshot(out) == before
+
+
 # ---- F1b/F1c: a refused --resume deletes nothing, and says what is wrong with `current` ---------------
 @pytest.mark.parametrize(("how", "fragments"), [
     ("dangling", ["current points at checkpoints/step_0000099, which is not a folder",

@@ -364,11 +364,17 @@ def build_engines(model: nn.Module, spec, options: ExportOptions, *,
             manifest.model.source.sha256 = sha256_file(staging / REFERENCE_FILE)
             files += [REFERENCE_FILE, Path(REFERENCE_FILE).with_suffix(".json").name]
 
-        manifest, dropped = merge(previous_manifest(out), manifest, out)
-        dropped_engines.update(dropped)
+        previous = previous_manifest(out)
+        manifest, dropped = merge(previous, manifest, out)
         for name in dropped:
-            notes.append(f"{name}: removed from {out} with its manifest entry (its file was gone, changed, "
-                         "or belongs to the model exported there before)")
+            path = out / name
+            if path.is_file() and sha256_file(path) == previous.engines[name].sha256:  # as pndm wrote it
+                dropped_engines.add(name)
+                notes.append(f"{name}: removed from {out} with its manifest entry (an engine of the model "
+                             "exported there before)")
+            else:
+                notes.append(f"{name}: dropped from the manifest (its file is gone or was changed since it "
+                             "was exported; a changed file is kept)")
         write_manifest(staging, manifest)
         files.append("manifest.json")
     table = format_table({n: manifest.verification[n] for n in files if n in manifest.verification})

@@ -15,7 +15,7 @@
   (siblings ``.DIR.pndm-export-*``, and ``.pndm-export-*`` folders inside DIR from older pndm
   versions) and undoes an interrupted swap (a ``.DIR.pndm-old-*`` symbolic link, left by older versions
   that swapped a linked DIR itself, is unlinked, never followed). The temporary files of killed atomic
-  writes in DIR (``.NAME.<pid>_<random>.tmp``) are not carried over.
+  writes in DIR (``.NAME.pndm-<pid>_<random>.tmp``) are not carried over.
 - **A linked DIR**: DIR is resolved first, so a symbolic link to a folder keeps pointing at it and that
   folder is what is replaced (as for ``pndm-run sample --out``).
 

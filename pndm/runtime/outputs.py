@@ -37,6 +37,7 @@ from pndm.fileio import (
     folder_lock,
     parents_undone_on_error,
     recover_dir,
+    remove_entry,
     replace_dir,
     resolved_out,
 )
@@ -53,7 +54,7 @@ RUN_KINDS = {
 }
 # Every name a run writes (and the temporary names of pndm's earlier versions).
 _NAMES = "(" + "|".join([r"run\.json", *(kind.pattern for kind in RUN_KINDS.values())]) + ")"
-RUN_FILES = re.compile(rf"^({_NAMES}|\.{_NAMES}\.\w+\.tmp|\.pndm-write-test)$")
+RUN_FILES = re.compile(rf"^({_NAMES}|\.{_NAMES}\.[\w-]+\.tmp|\.pndm-write-test)$")
 
 
 def _named(out: str | os.PathLike, what: str) -> Path:
@@ -141,7 +142,7 @@ def _check_run_folder(out: Path, kind: str) -> None:
 def _clean_stale(out: Path) -> None:
     """Remove staging folders of runs that died, and undo a swap a crash interrupted (lock held)."""
     for stale in out.parent.glob(f".{glob.escape(out.name)}.pndm-staging-*"):
-        shutil.rmtree(stale)
+        remove_entry(stale)
     for old in out.parent.glob(f".{glob.escape(out.name)}.pndm-old-*"):
         recover_dir(out, old)
 

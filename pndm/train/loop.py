@@ -35,7 +35,7 @@ from pndm.errors import PndmError
 from pndm.models import build_model, load_checkpoint
 from pndm.prediction import training_target
 from pndm.schedules import make_schedule
-from pndm.train.checkpoints import foreign_entries, holds_run, read_unit, run_unit, write_unit
+from pndm.train.checkpoints import PUBLISHED, foreign_entries, holds_run, read_unit, run_unit, write_unit
 from pndm.train.data import fit_resolution, load_images, to_model_range
 from pndm.train.presets import CHANGEABLE_FIELDS, RUN_FIELDS, resolve_arch
 from pndm.validate import available_device
@@ -295,11 +295,16 @@ class Trainer:
 
 
 def refuse_new_run(out: Path) -> None:
-    """Refuse a new run into a folder that already holds one (it would be overwritten), or whose
-    ``checkpoints/`` holds anything but a killed run's temporary units (a new run writes there)."""
+    """Refuse a new run into a folder that already holds one (it would be overwritten), that holds files
+    at the names the run publishes, or whose ``checkpoints/`` holds anything but a killed run's temporary
+    units (a new run writes there)."""
     if holds_run(out):
         raise PndmError(f"--out {out} already holds a training run; continue it with --resume "
                         "or choose a new --out")
+    taken = [name for name in (*PUBLISHED, "train_state.json") if os.path.lexists(out / name)]
+    if taken:  # the run publishes links at these names, and its cleanup removes train_state.json
+        raise PndmError(f"--out {out} holds {', '.join(taken)}, names pndm-train writes itself; move them "
+                        "elsewhere or choose another --out")
     foreign = foreign_entries(out)
     if not foreign:
         return
