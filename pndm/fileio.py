@@ -33,7 +33,7 @@ def _default_file_mode() -> int:
 
 # The temporary name of an atomic write: ``.<name>.pndm-<pid>_<8 random characters>.tmp`` (mkstemp's
 # characters); the ``pndm-`` marker keeps a user's own ``.x.123_abcdefgh.tmp`` out of the cleanup.
-_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.pndm-(?P<pid>\d+)_[a-z0-9_]{8}\.tmp", re.DOTALL)
+_TEMP_NAME = re.compile(r"\..+\.pndm-(?P<pid>\d+)_[a-z0-9_]{8}\.tmp", re.DOTALL)
 _swept: set[str] = set()  # folders this process already rid of dead writers' temporary files
 
 
@@ -106,9 +106,10 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     error that names no file (a failed ``write()``, e.g. a full disk) or the temporary file is raised
     naming ``final``: the user knows that path, not the temporary one.
 
-    The temporary file, ``.<name>.pndm-<pid>_<random>.tmp``, carries the writer's pid, and the writer holds
-    an ``flock`` on it while it writes. One a killed writer left behind (nothing runs at a SIGKILL) is removed
-    by the next atomic write into that folder (:func:`remove_dead_temps`); a live writer's is never touched.
+    The temporary file, ``.<name>.pndm-<pid>_<random>.tmp``, carries the writer's pid, and the writer
+    holds an ``flock`` on it while it writes. One a killed writer left behind (nothing runs at a
+    SIGKILL) is removed by the first atomic write of a later process into that folder
+    (:func:`remove_dead_temps`); a live writer's is never touched.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from pndm.cli import _run_guarded, export_cli, run_cli
 from pndm.errors import PndmError
 from pndm.export.publish import staged_export
 from pndm.fileio import atomic_path, atomic_write_text, recover_dir, remove_dead_temps, resolved_out
-from pndm.runtime.outputs import prepare_out_dir, prepare_out_file, staged_output
+from pndm.runtime.outputs import prepare_out_file, staged_output
 
 
 def hidden(folder: Path) -> list[str]:
@@ -200,12 +200,10 @@ def test_a_file_in_the_way_of_out_is_named(tmp_path, monkeypatch):
     Path("afile").write_text("x")
     afile = re.escape(str(tmp_path / "afile"))
     expected = rf"--out .*afile/sub.*: {afile} is a file, not a folder; choose another --out"
-    for call in (lambda: prepare_out_dir("afile/sub"), lambda: prepare_out_file("afile/sub/r.json"),
+    for call in (lambda: prepare_out_file("afile/sub/r.json"),
                  lambda: staged_output("afile/sub", "sample").__enter__()):
         with pytest.raises(PndmError, match=expected):
             call()
-    with pytest.raises(PndmError, match=r"^--out afile is a file, not a folder; choose another --out$"):
-        prepare_out_dir("afile")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 

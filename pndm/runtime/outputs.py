@@ -64,20 +64,6 @@ def _named(out: str | os.PathLike, what: str) -> Path:
     return Path(out)
 
 
-def prepare_out_dir(out: str | os.PathLike, what: str = "--out") -> Path:
-    """Create ``out`` if needed and prove it is writable (before the work, not after). ``what``: the
-    option that named it."""
-    out = _named(out, what)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / ".pndm-write-test"):
-            pass
-        (out / ".pndm-write-test").unlink()
-    except OSError as e:
-        raise _unwritable(out, e, what) from e
-    return out
-
-
 def prepare_out_file(path: str | os.PathLike, what: str = "--out") -> Path:
     """Prove before the work that the file ``path`` (option ``what``) can be written: not a folder, and
     the nearest existing folder above it writable. Nothing is created (the write makes the folders), so

@@ -153,11 +153,14 @@ def foreign_entries(out: Path) -> list[str]:
 
 
 def _size_text(size: int) -> str:
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+    """``size`` bytes in bytes, KB, MB or GB (powers of 1000)."""
+    if size < 1000:
+        return f"{size} bytes"
+    for unit in ("KB", "MB"):
         size /= 1000
-    return ""  # not reached
+        if size < 1000:
+            return f"{size:.1f} {unit}"
+    return f"{size / 1000:.1f} GB"
 
 
 def write_unit(out: Path, step: int, parts: dict[str, dict[str, torch.Tensor]], config: dict) -> Path:
