@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import glob
 import hashlib
 import os
 import re
@@ -305,6 +306,18 @@ def recover_dir(final: Path, old: Path) -> None:
         os.replace(old, final)
     else:
         remove_entry(old)
+
+
+def clean_stale_siblings(out: Path, staging_tag: str) -> None:
+    """Undo a folder swap a crash interrupted (a ``.OUT.pndm-old-*`` beside ``out``: :func:`recover_dir`) and
+    remove the staging folders of dead runs (``.OUT.pndm-<staging_tag>-*``). Call it holding ``out``'s
+    :func:`folder_lock`, so no live run's staging folder is there."""
+    name = glob.escape(out.name)
+    for old in out.parent.glob(f".{name}.pndm-old-*"):
+        recover_dir(out, old)
+    for stale in out.parent.glob(f".{name}.pndm-{staging_tag}-*"):
+        with contextlib.suppress(OSError):  # removed by a later run if this one cannot
+            remove_entry(stale)
 
 
 def resolved_out(out: str | os.PathLike, what: str = "--out") -> Path:

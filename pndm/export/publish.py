@@ -26,7 +26,6 @@ the swap) and fileio's ``publish.between`` / ``write``.
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import shutil
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from pathlib import Path
 
 from pndm.faults import fault_point
 from pndm.fileio import (
+    clean_stale_siblings,
     folder_lock,
     parents_undone_on_error,
     recover_dir,
@@ -53,13 +53,10 @@ def _old_name(out: Path) -> Path:
 
 
 def clean_stale(out: Path) -> None:
-    """Remove what dead exports into ``out`` left behind and undo an interrupted swap (lock held)."""
-    for old in out.parent.glob(f".{glob.escape(out.name)}.pndm-old-*"):
-        recover_dir(out, old)
-    stale = [*out.parent.glob(f".{glob.escape(out.name)}.pndm-export-*")]
-    if out.is_dir():
-        stale += [p for p in out.glob(".pndm-export-*") if p.is_dir()]
-    for folder in stale:
+    """Remove what dead exports into ``out`` left behind and undo an interrupted swap (lock held): the
+    staging folders beside ``out`` (:func:`pndm.fileio.clean_stale_siblings`) and inside it (older pndm)."""
+    clean_stale_siblings(out, "export")
+    for folder in out.glob(".pndm-export-*") if out.is_dir() else ():
         with contextlib.suppress(OSError):
             remove_entry(folder)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import glob
 import io
 import json
 import os
@@ -34,10 +33,9 @@ from pndm.faults import fault_point
 from pndm.fileio import (
     atomic_path,
     atomic_write_text,
+    clean_stale_siblings,
     folder_lock,
     parents_undone_on_error,
-    recover_dir,
-    remove_entry,
     replace_dir,
     resolved_out,
 )
@@ -125,14 +123,6 @@ def _check_run_folder(out: Path, kind: str) -> None:
                             f"{kind} would replace; choose another --out, or delete that folder first")
 
 
-def _clean_stale(out: Path) -> None:
-    """Remove staging folders of runs that died, and undo a swap a crash interrupted (lock held)."""
-    for stale in out.parent.glob(f".{glob.escape(out.name)}.pndm-staging-*"):
-        remove_entry(stale)
-    for old in out.parent.glob(f".{glob.escape(out.name)}.pndm-old-*"):
-        recover_dir(out, old)
-
-
 @contextlib.contextmanager
 def staged_output(out: str | os.PathLike, kind: str) -> Iterator[Path]:
     """Yield an empty staging folder for a ``kind`` run (sample, interpolate or sweep) into ``out``;
@@ -148,7 +138,7 @@ def staged_output(out: str | os.PathLike, kind: str) -> Iterator[Path]:
         with contextlib.ExitStack() as stack:
             try:
                 stack.enter_context(folder_lock(out))
-                _clean_stale(out)
+                clean_stale_siblings(out, "staging")
                 if out.exists():
                     _check_run_folder(out, kind)
                 staging.mkdir()
