@@ -49,10 +49,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove_if_dead(path: Path) -> bool:
-    """Remove ``path`` if it is the temporary file of an atomic write (:func:`atomic_path`) whose writer is
-    gone: the pid in its name runs no process here, and no one holds the ``flock`` its writer takes on it
-    (which a writer in another pid namespace, e.g. another container sharing the folder, still holds)."""
+def remove_dead_temp(path: str | os.PathLike) -> bool:
+    """Remove ``path`` and return True if it is the temporary file of an atomic write (:func:`atomic_path`)
+    whose writer is gone (e.g. killed): the pid in its name runs no process here, and no one holds the
+    ``flock`` its writer takes on it (which a writer in another pid namespace, e.g. another container
+    sharing the folder, still holds). Anything else (a live writer's file, any other file) is kept: False."""
+    path = Path(path)
     found = _TEMP_NAME.fullmatch(path.name)
     if found is None or _pid_alive(int(found["pid"])):
         return False
@@ -72,19 +74,13 @@ def _remove_if_dead(path: Path) -> bool:
     return True
 
 
-def remove_dead_temp(path: str | os.PathLike) -> bool:
-    """If ``path`` is a temporary file left by an atomic write whose writer died (e.g. by SIGKILL), remove
-    it and return True; anything else (a live writer's file, any other file) is kept: False."""
-    return _remove_if_dead(Path(path))
-
-
 def remove_dead_temps(folder: str | os.PathLike) -> list[str]:
     """Remove from ``folder`` the temporary files of atomic writes whose writers died
     (:func:`remove_dead_temp`); a running writer's file is kept. Returns the names removed."""
     removed = []
     with contextlib.suppress(OSError), os.scandir(folder) as entries:
         for entry in entries:
-            if _TEMP_NAME.fullmatch(entry.name) and _remove_if_dead(Path(entry.path)):
+            if remove_dead_temp(entry.path):
                 removed.append(entry.name)
     return removed
 

@@ -325,8 +325,9 @@ def _init_file(source: str) -> Path:
     wanted = "--init-from takes a pndm .safetensors checkpoint (e.g. a run's ema.safetensors) or 'default'"
     if path.is_dir():
         raise PndmError(f"--init-from {source} is a folder; {wanted}")
-    if path.is_file() and (path.suffix != ".safetensors" or _is_torch_file(path)):
-        kind = "a torch file, not a pndm checkpoint" if _is_torch_file(path) else "not a pndm checkpoint"
+    torch_file = path.is_file() and _is_torch_file(path)
+    if torch_file or (path.is_file() and path.suffix != ".safetensors"):
+        kind = "a torch file, not a pndm checkpoint" if torch_file else "not a pndm checkpoint"
         raise PndmError(f"--init-from {source} is {kind}; {wanted}: save other weights as one with "
                         "pndm.models.save_checkpoint (docs/MODELS.md)")
     return path
